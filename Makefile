@@ -1,0 +1,44 @@
+# The two commands a user needs: `make demo` and `make test`. Both create .venv and
+# install what they need; a stamp keyed on setup.cfg makes re-runs skip the install.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum setup.cfg | cut -d' ' -f1)
+# cpu on these machines; `make install EXTRA=gpu` on a GPU box (see README).
+EXTRA ?= cpu
+WORKDIR ?= runs/demo
+DEMO_FLAGS ?= flags/fashion_mnist_demo.flags
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow test-jax demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRA),test]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not jax" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
+
+# The model runs on any Keras backend; this runs its tests on JAX in a separate venv.
+test-jax:
+	test -x .venv-jax/bin/python || $(PYTHON) -m venv .venv-jax
+	.venv-jax/bin/pip install -q --upgrade pip
+	.venv-jax/bin/pip install -q "jax[cpu]" "keras>=3.10,<4" numpy pytest
+	KERAS_BACKEND=jax .venv-jax/bin/python -m pytest -q -p no:cacheprovider tests/efficientnet -m "not slow"
+
+demo: $(STAMP)
+	$(PY) -m noisy_student.run --flagfile=$(DEMO_FLAGS) --workdir=$(WORKDIR)
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .venv-jax .pytest_cache

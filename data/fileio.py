@@ -1,0 +1,72 @@
+"""Atomic file output: nothing this project writes is ever seen half-written.
+
+Every writer goes through `atomic_path` (or `write_text_atomic`): the data goes to a
+temporary name in the same directory and is renamed into place only when complete.
+`tf.io.gfile` is used so the same code works on local disks and on `gs://` buckets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+
+import tensorflow as tf
+
+TMP_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temporary path next to `path`; renames it to `path` on success.
+
+  On an exception the temporary file is removed and `path` is left untouched.
+  """
+  directory = os.path.dirname(path)
+  if directory:
+    tf.io.gfile.makedirs(directory)
+  tmp = os.path.join(directory, f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+  try:
+    yield tmp
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  with atomic_path(path) as tmp:
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(text)
+
+
+def write_json_atomic(path: str, obj) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str):
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def is_temporary(path: str) -> bool:
+  """True for leftovers of an interrupted atomic write (readers must skip them)."""
+  return os.path.basename(path).startswith(TMP_MARK)
+
+
+def list_files(pattern: str) -> list[str]:
+  """Sorted matches of a glob pattern (or a comma-separated list of them).
+
+  Leftover temporary files are excluded. Raises ValueError naming the pattern when
+  nothing matches, so an empty or mistyped pattern fails before any work starts.
+  """
+  files = []
+  for part in pattern.split(","):
+    part = part.strip()
+    if part:
+      files.extend(f for f in tf.io.gfile.glob(part) if not is_temporary(f))
+  files = sorted(set(files))
+  if not files:
+    raise ValueError(f"no files match {pattern!r}")
+  return files
