@@ -1,0 +1,192 @@
+"""The whole method as a list of stages: data, teacher, then K x (label, select, student).
+
+Paper Sec. 2 / Algorithm 1, with the iterations of Sec. 3.1 (the student becomes the next
+teacher, optionally growing). The test split is only ever evaluated, never used to pick
+anything: the trainer's periodic evaluation runs on a dev split held out from the labels.
+
+Layout of `workdir`:
+  data/records/{train,test}-*.tfrecord      all of Fashion-MNIST, from the IDX files
+  data/split/{labeled,dev,unlabeled}-*      the semi-supervised split (labels of
+                                            `unlabeled` hidden)
+  iter0/teacher/                            supervised baseline = first teacher
+  iterK/{predictions,selected,student}/     pseudo labels, filtered+balanced set, student
+  */test/                                   test-set evaluation of that model
+  report.{md,json,png}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from noisy_student import driver
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  name: str = "efficientnet-b0"
+  width: float = 0.25
+  depth: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSpec:
+  randaugment_magnitude: float = 5.0
+  randaugment_layers: int = 2
+  dropout_rate: float = 0.2
+  stochastic_depth_rate: float = 0.2
+
+
+NO_NOISE = NoiseSpec(randaugment_magnitude=0.0, randaugment_layers=0, dropout_rate=0.0,
+                     stochastic_depth_rate=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Everything that defines one Noisy Student experiment."""
+  workdir: str
+  fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+  seed: int = 0
+  num_classes: int = 10
+  image_size: int = 32
+  record_shards: int = 4
+  labeled_per_class: int = 100
+  dev_per_class: int = 10
+  iterations: int = 3
+  teacher: ModelSpec = ModelSpec()
+  students: tuple[ModelSpec, ...] = (ModelSpec(),)  # per iteration; the last repeats
+  noise: NoiseSpec = NoiseSpec()
+  student_noise: bool = True
+  unlabeled_augment: str = "randaugment"
+  batch_size: int = 64
+  unlabeled_ratio: float = 3.0
+  teacher_train_steps: int = 1000
+  student_train_steps: int = 2000
+  eval_every_steps: int = 500
+  label_type: str = "soft"
+  teacher_temperature: float = 1.0
+  noised_teacher: bool = False
+  init_student_from_teacher: bool = False
+  label_shards: int = 2
+  parallel_jobs: int = 2
+  min_threshold: float = 0.3
+  images_per_class: int = 0  # 0: as many as the unlabeled set has per class on average
+  balance: bool = True
+  upsample: bool = True
+  train_upper_bound: bool = False
+  extra_train_flags: tuple[str, ...] = ()
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def student(self, iteration: int) -> ModelSpec:
+    return self.students[min(iteration, len(self.students)) - 1]
+
+  def model_dir(self, iteration: int) -> str:
+    """The teacher of iteration i+1 is the model trained in iteration i."""
+    return self.path("iter0", "teacher") if iteration == 0 else self.path(
+        f"iter{iteration}", "student")
+
+
+def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
+  records = c.path("data", "records")
+  make = lambda split: ("data.make_tfrecords", f"--source=fashion_mnist:{split}",
+                        f"--fashion_mnist_dir={c.fashion_mnist_dir}",
+                        f"--output_dir={records}", f"--split_name={split}",
+                        f"--num_shards={c.record_shards}", f"--seed={c.seed}")
+  return [
+      driver.Stage("data/records_train", (make("train"),)),
+      driver.Stage("data/records_test", (make("test"),)),
+      driver.Stage("data/split", ((
+          "data.split", f"--input_pattern={records}/train-*",
+          f"--output_dir={c.path('data', 'split')}",
+          f"--labeled_per_class={c.labeled_per_class}",
+          f"--dev_per_class={c.dev_per_class}", f"--num_shards={c.record_shards}",
+          f"--seed={c.seed}"),)),
+  ]
+
+
+def _train_command(c: ExperimentConfig, model_dir: str, model: ModelSpec,
+                   noise: NoiseSpec, steps: int, train_pattern: str,
+                   extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+  return ("noisy_student.train", f"--model_dir={model_dir}",
+          f"--train_pattern={train_pattern}",
+          f"--eval_pattern={c.path('data', 'split')}/dev-*",
+          f"--num_classes={c.num_classes}", f"--image_size={c.image_size}",
+          "--small_image", f"--model_name={model.name}",
+          f"--width_coefficient={model.width}", f"--depth_coefficient={model.depth}",
+          f"--train_batch_size={c.batch_size}", f"--train_steps={steps}",
+          f"--eval_every_steps={c.eval_every_steps}",
+          f"--randaugment_magnitude={noise.randaugment_magnitude}",
+          f"--randaugment_layers={noise.randaugment_layers}",
+          f"--dropout_rate={noise.dropout_rate}",
+          f"--stochastic_depth_rate={noise.stochastic_depth_rate}",
+          f"--seed={c.seed}") + extra + c.extra_train_flags
+
+
+def _test_stage(c: ExperimentConfig, name: str, model_dir: str) -> driver.Stage:
+  return driver.Stage(name, ((
+      "noisy_student.evaluate", f"--model={model_dir}", "--suite=clean",
+      f"--data_pattern={c.path('data', 'records')}/test-*",
+      f"--output_dir={os.path.join(model_dir, 'test')}"),))
+
+
+def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
+  teacher = c.model_dir(0)
+  stages = [
+      driver.Stage("iter0/teacher", (_train_command(
+          c, teacher, c.teacher, c.noise, c.teacher_train_steps,
+          f"{c.path('data', 'split')}/labeled-*"),)),
+      _test_stage(c, "iter0/teacher_test", teacher),
+  ]
+  if c.train_upper_bound:
+    bound = c.path("upper_bound")
+    stages += [
+        driver.Stage("upper_bound/train", (_train_command(
+            c, bound, c.teacher, c.noise, c.student_train_steps,
+            f"{c.path('data', 'records')}/train-*"),)),
+        _test_stage(c, "upper_bound/test", bound),
+    ]
+  return stages
+
+
+def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
+  """Label with the previous model, select, train the student, test it."""
+  teacher, student = c.model_dir(i - 1), c.model_dir(i)
+  predictions, selected = c.path(f"iter{i}", "predictions"), c.path(f"iter{i}", "selected")
+  label = tuple((
+      "noisy_student.label", f"--teacher={teacher}",
+      f"--input_pattern={c.path('data', 'split')}/unlabeled-*",
+      f"--output_dir={predictions}", f"--shard_index={s}", f"--num_shards={c.label_shards}",
+      f"--temperature={c.teacher_temperature}", f"--num_classes={c.num_classes}")
+      + (("--noised",) if c.noised_teacher else ())
+      for s in range(c.label_shards))
+  select = tuple((
+      "noisy_student.select", f"--predictions={predictions}", f"--output_dir={selected}",
+      f"--min_threshold={c.min_threshold}", f"--images_per_class={c.images_per_class}",
+      f"--seed={c.seed + i}", f"--shard_index={s}", f"--num_shards={c.label_shards}")
+      + (() if c.balance else ("--no_balance",))
+      + (() if c.upsample else ("--no_upsample",))
+      for s in range(c.label_shards))
+  noise = c.noise if c.student_noise else NO_NOISE
+  unlabeled_augment = c.unlabeled_augment if c.student_noise else "none"
+  extra = (f"--unlabeled_pattern={selected}/*.tfrecord",
+           f"--unlabeled_ratio={c.unlabeled_ratio}", f"--label_type={c.label_type}",
+           f"--unlabeled_augment={unlabeled_augment}")
+  if c.init_student_from_teacher:
+    extra += (f"--init_from={teacher}",)
+  return [
+      driver.Stage(f"iter{i}/label", label, parallel=c.parallel_jobs),
+      driver.Stage(f"iter{i}/select", select, parallel=c.parallel_jobs),
+      driver.Stage(f"iter{i}/student", (_train_command(
+          c, student, c.student(i), noise, c.student_train_steps,
+          f"{c.path('data', 'split')}/labeled-*", extra),)),
+      _test_stage(c, f"iter{i}/student_test", student),
+  ]
+
+
+def plan(c: ExperimentConfig) -> list[driver.Stage]:
+  stages = data_stages(c) + teacher_stages(c)
+  for i in range(1, c.iterations + 1):
+    stages += iteration_stages(c, i)
+  return stages

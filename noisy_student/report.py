@@ -1,0 +1,114 @@
+"""The experiment report: report.json, report.md and report.png in the workdir.
+
+Accuracies are test-set top-1 fractions in [0, 1], read from each model's
+`test/` evaluation; the number of pseudo-labeled images comes from the selection summary.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from data import fileio
+from noisy_student import iterate
+
+
+def test_accuracy(model_dir: str) -> float | None:
+  """Top-1 of the clean test evaluation written by `noisy_student.evaluate`."""
+  path = os.path.join(model_dir, "test", "results.json")
+  if not os.path.exists(path):
+    return None
+  return float(fileio.read_json(path)["top1"])
+
+
+def pseudo_label_stats(selected_dir: str) -> dict:
+  """Selected image count (after balancing) and pseudo-label accuracy where known."""
+  summaries = sorted(glob.glob(os.path.join(selected_dir, "summary*.json")))
+  if not summaries:
+    return {}
+  summary = fileio.read_json(summaries[0])
+  stats = {"num_pseudo_labeled": summary.get("total_selected")}
+  if "pseudo_label_accuracy" in summary:
+    stats["pseudo_label_accuracy"] = summary["pseudo_label_accuracy"]
+  return stats
+
+
+def collect(c: iterate.ExperimentConfig) -> dict:
+  baseline = test_accuracy(c.model_dir(0))
+  iterations = []
+  for i in range(1, c.iterations + 1):
+    item = {
+        "iteration": i,
+        "teacher_accuracy": test_accuracy(c.model_dir(i - 1)),
+        "student_accuracy": test_accuracy(c.model_dir(i)),
+        "student_model": vars(c.student(i)),
+    }
+    item.update(pseudo_label_stats(c.path(f"iter{i}", "selected")))
+    iterations.append(item)
+  report = {
+      "baseline_accuracy": baseline,
+      "iterations": iterations,
+      "labeled_per_class": c.labeled_per_class,
+      "seed": c.seed,
+      "teacher_model": vars(c.teacher),
+  }
+  if c.train_upper_bound:
+    report["all_labels_accuracy"] = test_accuracy(c.path("upper_bound"))
+  return report
+
+
+def _pct(x) -> str:
+  return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def markdown(report: dict) -> str:
+  lines = [
+      "# Noisy Student report", "",
+      f"Labels: {report['labeled_per_class']} per class; seed {report['seed']}.", "",
+      "| model | test top-1 | pseudo-labeled images used |", "|---|---|---|",
+      f"| supervised baseline (iteration-1 teacher) | {_pct(report['baseline_accuracy'])} | 0 |",
+  ]
+  for it in report["iterations"]:
+    lines.append(f"| student, iteration {it['iteration']} | {_pct(it['student_accuracy'])} "
+                 f"| {it.get('num_pseudo_labeled', '-')} |")
+  if "all_labels_accuracy" in report:
+    lines.append(f"| all labels (upper bound) | {_pct(report['all_labels_accuracy'])} | - |")
+  lines += ["", "Each iteration's teacher is the previous row's model."]
+  return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  xs = [0] + [it["iteration"] for it in report["iterations"]]
+  ys = [report["baseline_accuracy"]] + [it["student_accuracy"] for it in report["iterations"]]
+  points = [(x, 100 * y) for x, y in zip(xs, ys) if y is not None]
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  if points:
+    ax.plot(*zip(*points), marker="o", label="model of that iteration")
+  if report.get("all_labels_accuracy") is not None:
+    ax.axhline(100 * report["all_labels_accuracy"], ls="--", c="gray", label="all labels")
+  ax.set_xlabel("iteration (0 = supervised baseline)")
+  ax.set_ylabel("test top-1 (%)")
+  ax.set_xticks(xs)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  with fileio.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png")
+  plt.close(fig)
+
+
+def write(c: iterate.ExperimentConfig) -> dict:
+  report = collect(c)
+  fileio.write_json_atomic(c.path("report.json"), report)
+  fileio.write_text_atomic(c.path("report.md"), markdown(report))
+  plot(report, c.path("report.png"))
+  print(markdown(report), flush=True)
+  return report
+
+
+if __name__ == "__main__":
+  print(json.dumps(collect(iterate.ExperimentConfig(workdir=os.sys.argv[1])), indent=2))
