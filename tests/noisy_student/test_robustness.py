@@ -1,0 +1,140 @@
+"""Robustness metrics pinned on hand-computed examples."""
+import numpy as np
+import pytest
+
+from noisy_student import robustness as rb
+
+
+def test_alexnet_table_scores_100():
+  errors = {c: {s: e for s in rb.SEVERITIES} for c, e in rb.ALEXNET_CORRUPTION_ERRORS.items()}
+  out = rb.corruption_summary(errors, rb.ALEXNET_CORRUPTION_ERRORS,
+                              clean_error=rb.ALEXNET_CLEAN_ERROR,
+                              baseline_clean_error=rb.ALEXNET_CLEAN_ERROR)
+  assert len(out["ce"]) == 15
+  assert out["mce"] == pytest.approx(100.0)
+  assert out["relative_mce"] == pytest.approx(100.0)
+  assert all(v == pytest.approx(100.0) for v in out["ce"].values())
+
+
+def test_mce_and_relative_mce_by_hand():
+  errors = {"a": {1: 0.2, 2: 0.4}, "b": {1: 0.5, 2: 0.5}}
+  # JSON-loaded baselines have string severity keys and may hold extra severities.
+  base = {"a": {"1": 0.4, "2": 0.6, "3": 0.9}, "b": {"1": 0.5, "2": 0.75}}
+  out = rb.corruption_summary(errors, base, clean_error=0.1, baseline_clean_error=0.3)
+  # a: (0.2+0.4)/(0.4+0.6) = 60; b: 1.0/1.25 = 80.
+  assert out["ce"] == pytest.approx({"a": 60.0, "b": 80.0})
+  assert out["mce"] == pytest.approx(70.0)
+  # a: (0.3-0.1)/(0.5-0.3) = 100; b: (0.5-0.1)/(0.625-0.3) = 123.08.
+  assert out["relative_ce"] == pytest.approx({"a": 100.0, "b": 0.4 / 0.325 * 100})
+  assert out["relative_mce"] == pytest.approx((100.0 + 0.4 / 0.325 * 100) / 2)
+
+
+def test_mce_without_clean_errors_has_no_relative():
+  out = rb.corruption_summary({"fog": {s: 0.5 for s in rb.SEVERITIES}}, rb.ALEXNET_CORRUPTION_ERRORS)
+  assert "relative_mce" not in out
+  assert out["mce"] == pytest.approx(100 * 0.5 / 0.819324)
+
+
+def test_mce_rejects_mismatched_severities_and_missing_baseline():
+  with pytest.raises(ValueError, match="severities 1-5"):
+    rb.corruption_summary({"fog": {1: 0.5}}, rb.ALEXNET_CORRUPTION_ERRORS)
+  with pytest.raises(ValueError, match="severities"):
+    rb.corruption_summary({"a": {1: 0.5, 4: 0.5}}, {"a": {1: 0.5, 2: 0.5}})
+  with pytest.raises(ValueError, match="no baseline"):
+    rb.corruption_summary({"rain": {1: 0.5}}, {"a": {1: 0.5}})
+
+
+# [0,1,0,1]: vs first frame 2 flips, vs previous 3; [0,1,1,1]: vs first 3, vs previous 1.
+TOY = np.array([[0, 1, 0, 1], [0, 1, 1, 1]])
+
+
+def test_flip_probability_noise_rule_compares_with_first_frame():
+  assert rb.flip_probability(TOY, noise=True) == pytest.approx(5 / 6)
+
+
+def test_flip_probability_other_rule_compares_with_previous_frame():
+  assert rb.flip_probability(TOY, noise=False) == pytest.approx(4 / 6)
+
+
+def test_flip_probability_constant_sequences_is_zero():
+  assert rb.flip_probability(np.full((3, 5), 7), noise=False) == 0.0
+  with pytest.raises(ValueError):
+    rb.flip_probability(np.zeros((3, 1)), noise=True)
+
+
+def test_noise_perturbations_are_classified():
+  assert rb.is_noise_perturbation("gaussian_noise")
+  assert rb.is_noise_perturbation("shot_noise")
+  assert not rb.is_noise_perturbation("translate")
+  assert not rb.is_noise_perturbation("brightness")
+
+
+@pytest.mark.parametrize("other, expected", [
+    ([0, 1, 2, 3, 4], 0),
+    ([1, 0, 2, 3, 4], 2),           # swap of the first two: |0-1| + |1-0|
+    ([4, 3, 2, 1, 0], 12),          # reversed: 4 + 2 + 0 + 2 + 4
+    ([5, 6, 7, 8, 9], 15),          # disjoint: all at position >= 5
+    ([9, 0, 1, 2, 3], 5),           # 0..3 each one place down, 4 out of the top 5 (+1)
+])
+def test_top5_distance(other, expected):
+  assert rb.top5_distance(np.array([0, 1, 2, 3, 4]), np.array(other)) == expected
+
+
+def test_top5_distance_mean_uses_the_same_frame_rule():
+  a, b = [0, 1, 2, 3, 4], [1, 0, 2, 3, 4]
+  seq = np.array([[a, b, b]])  # one sequence of three frames
+  assert rb.top5_distance_mean(seq, noise=False) == pytest.approx((2 + 0) / 2)
+  assert rb.top5_distance_mean(seq, noise=True) == pytest.approx((2 + 2) / 2)
+
+
+def test_flip_rate_summary():
+  out = rb.flip_rate_summary({"translate": 0.02, "rotate": 0.05, "scale": 0.1},
+                             {"translate": 0.04, "rotate": 0.05, "scale": 0.0})
+  assert out["fr"] == pytest.approx({"translate": 50.0, "rotate": 100.0})
+  assert out["mfr"] == pytest.approx(75.0)
+  assert out["unnormalised"] == ["scale"]
+
+
+def test_subset_mask_takes_argmax_among_subset():
+  logits = np.array([[9.0, 1.0, 2.0, 0.5, 100.0],
+                     [0.0, 3.0, 1.0, 5.0, 0.0]])
+  subset = [1, 2, 3]
+  masked = rb.mask_logits(logits, subset)
+  # class 0 and 4 (big logits outside the subset) are ignored.
+  assert rb.top_k_predictions(masked, 1)[:, 0].tolist() == [2, 3]
+  assert rb.top_k_predictions(masked, 5).shape == (2, 5)
+  assert set(rb.top_k_predictions(masked, 3)[0]) == {1, 2, 3}
+  meter = rb.AccuracyMeter(5)
+  meter.update(masked, [2, 1])
+  assert meter.result() == pytest.approx({"count": 2, "top1": 0.5, "top5": 1.0})
+
+
+def test_subset_mask_rejects_out_of_range_indices():
+  with pytest.raises(ValueError):
+    rb.mask_logits(np.zeros((1, 3)), [1, 3])
+
+
+def test_parse_class_subset(tmp_path):
+  assert rb.parse_class_subset("imagenet_a") == rb.IMAGENET_A_INDICES
+  assert len(rb.IMAGENET_A_INDICES) == 200 and rb.IMAGENET_A_INDICES[:3] == (6, 11, 13)
+  assert rb.parse_class_subset("5, 1,3") == (1, 3, 5)
+  path = tmp_path / "subset.txt"
+  path.write_text("# my classes\n4 2\n7,2\n")
+  assert rb.parse_class_subset(str(path)) == (2, 4, 7)
+  with pytest.raises(ValueError):
+    rb.parse_class_subset(" ")
+
+
+def test_accuracy_meter_masks_padding_and_counts_per_class():
+  logits = np.eye(3)[[0, 1, 2, 0]] + 0.1 * np.arange(3)  # predicts 0, 1, 2, 0
+  meter = rb.AccuracyMeter(3, top_k=(1, 2))
+  top1 = meter.update(logits, [0, 2, 2, 1], mask=[1, 1, 1, 0])  # last row is padding
+  assert top1.tolist() == [True, False, True, False]
+  res = meter.result()
+  assert res["count"] == 3 and res["top1"] == pytest.approx(2 / 3)
+  assert meter.per_class() == {0: 1.0, 2: 0.5}
+  # top-k with k >= num_classes counts everything.
+  assert res["top2"] <= 1.0
+  big = rb.AccuracyMeter(3, top_k=(1, 5))
+  big.update(logits, [0, 2, 2, 1])
+  assert big.result()["top5"] == 1.0
