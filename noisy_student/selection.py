@@ -1,0 +1,603 @@
+"""Data filtering and balancing of pseudo-labeled images (paper Sec. 3.1, "Data filtering
+and balancing"; NOTES.md section 2).
+
+Two passes, each one runs as independent jobs:
+
+* **Pass 1** (`plan_selection`) reads only the per-shard stats files that
+  `noisy_student.label` writes: per class, a histogram of the teacher's confidence at
+  0.01 resolution. For every class it walks the threshold t down from 1.00 to
+  `min_threshold` and stops at the first t where `count(confidence >= t) >= K`
+  (`images_per_class`); if none does, t = `min_threshold`. The copy factor is
+  `x = K / count(confidence >= t)` (capped at 1 without upsampling): classes with too many
+  confident images are down-sampled to ~K, keeping the most confident, classes with too
+  few are duplicated.
+* **Pass 2** (`select_shard`) streams prediction records and writes each record whose
+  confidence bin reaches its class's threshold `int(x) + Bernoulli(frac(x))` times,
+  shuffled through a bounded buffer. Records are written back as the exact serialized
+  bytes that were read; only the label, confidence and id are parsed.
+
+Confidence bins. A confidence c (the float32 `pseudo/confidence`, the maximum of the
+stored soft label) goes to bin b, the largest b in 0..100 with `c >= float32(b / 100)`,
+compared in float32 (c's own precision): bin b holds `b/100 <= c < (b+1)/100`, bin 100
+holds c >= 1.0, and a confidence stored as 0.29 lands in bin 29. "c >= t" for a threshold
+t = b/100 means "bin(c) >= b" everywhere (pass 1 counts and pass 2 decisions), so both
+passes agree record for record.
+
+Stochastic rounding. Whether a record gets the extra copy is decided by
+`u < frac(x)`, with u in [0, 1) a 53-bit FarmHash fingerprint of "<seed>:<image id>"
+(`tf.strings.to_hash_bucket_fast`): the same record makes the same decision in whichever
+shard, order or rerun it is read, so sharded pass 2 is reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from data import fileio
+from data import schema
+
+NUM_BINS = 101  # Thresholds 0.00, 0.01, ..., 1.00.
+STATS_FORMAT = "noisy_student.label.stats/1"
+SELECT_STATS_FORMAT = "noisy_student.select.stats/1"
+_HASH_BUCKETS = 2**53  # u = hash / 2**53 is an exact float64 in [0, 1).
+_STATS_RE = re.compile(r"^stats-(\d{5})-of-(\d{5})\.json$")
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def label_stats_name(shard_index: int, num_shards: int) -> str:
+  return f"stats-{shard_index:05d}-of-{num_shards:05d}.json"
+
+
+def select_stats_name(shard_index: int, num_shards: int) -> str:
+  return f"select-stats-{shard_index:05d}-of-{num_shards:05d}.json"
+
+
+_BIN_EDGES = (np.arange(NUM_BINS) / 100.0).astype(np.float32)
+
+
+def confidence_bins(confidence) -> np.ndarray:
+  """Histogram bin of each confidence: the largest b with c >= float32(b / 100).
+
+  Args:
+    confidence: [n] float32 confidences (other dtypes are cast to float32) in [0, 1].
+  Returns:
+    [n] int64 bins in [0, 100] (values below 0 go to bin 0).
+  """
+  c = np.asarray(confidence, dtype=np.float32)
+  bins = np.searchsorted(_BIN_EDGES, c, side="right") - 1
+  return np.maximum(bins, 0).astype(np.int64)
+
+
+def new_histogram(num_classes: int) -> np.ndarray:
+  return np.zeros([num_classes, NUM_BINS], np.int64)
+
+
+def accumulate(histogram: np.ndarray, labels, confidence) -> None:
+  """Adds images (predicted class `labels` [n] int, `confidence` [n]) to [C, 101]."""
+  np.add.at(histogram, (np.asarray(labels, np.int64), confidence_bins(confidence)), 1)
+
+
+def at_least(histogram: np.ndarray) -> np.ndarray:
+  """[C, 101] counts of images with confidence >= t/100 (reverse cumulative sum)."""
+  return np.cumsum(histogram[:, ::-1], axis=1)[:, ::-1]
+
+
+def make_label_stats(*, shard_index: int, num_shards: int, histogram: np.ndarray,
+                     files: list[dict], corrupt: list[dict], settings: dict) -> dict:
+  """The stats file of one labelling shard (written by noisy_student.label).
+
+  Args:
+    histogram: [C, 101] int counts per predicted class and confidence bin.
+    files: per input file {"input": path, "output": basename in the same directory as
+      the stats file, "num_images": int, "num_corrupt": int}.
+    corrupt: {"file", "index", "id", "error"} per corrupt record (not in any output).
+    settings: teacher, temperature, storage, ... (recorded for provenance).
+  """
+  histogram = np.asarray(histogram, np.int64)
+  return {
+      "format": STATS_FORMAT, "shard_index": shard_index, "num_shards": num_shards,
+      "num_classes": int(histogram.shape[0]), "num_images": int(histogram.sum()),
+      "num_corrupt": len(corrupt), "settings": settings,
+      "bin_rule": "bin = largest b in 0..100 with float32(confidence) >= "
+                  "float32(b / 100); count(confidence >= b/100) = sum(histogram[c][b:])",
+      "class_counts": histogram.sum(axis=1).tolist(), "files": files,
+      "corrupt_records": corrupt, "histogram": histogram.tolist()}
+
+
+def write_label_stats(path: str, stats: dict) -> None:
+  fileio.write_text_atomic(path, dumps_compact(stats))
+
+
+@dataclasses.dataclass
+class LabelStats:
+  """What pass 1 knows about one labelling run (summed over its stats files)."""
+  histogram: np.ndarray            # [C, 101] int64
+  files: list[str]                 # prediction TFRecords, absolute, sorted
+  num_corrupt: int
+  num_shards: int
+  stats_files: list[str]
+
+  @property
+  def num_classes(self) -> int:
+    return self.histogram.shape[0]
+
+
+def _stats_paths(predictions: str) -> tuple[list[str], set[str] | None]:
+  """Stats files for a directory, or for the directories of a pattern's matches."""
+  if tf.io.gfile.isdir(predictions):
+    return tf.io.gfile.glob(os.path.join(predictions, "stats-*-of-*.json")), None
+  matched = set(os.path.abspath(f) for f in fileio.list_files(predictions))
+  dirs = sorted(set(os.path.dirname(f) for f in matched))
+  paths = []
+  for d in dirs:
+    paths.extend(tf.io.gfile.glob(os.path.join(d, "stats-*-of-*.json")))
+  return paths, matched
+
+
+def read_label_stats(predictions: str) -> LabelStats:
+  """Pass 1 input: sums the stats files of a labelling run; reads no records.
+
+  Args:
+    predictions: the labelling output directory, or a glob (or comma-separated globs)
+      of prediction TFRecords; their stats files are found in the same directories and
+      must describe exactly the matched files.
+  Raises:
+    ValueError: no stats files, a missing shard, mixed class counts or shard counts,
+      or stats that do not describe the matched files.
+  """
+  paths, matched = _stats_paths(predictions)
+  paths = sorted(p for p in paths if _STATS_RE.match(os.path.basename(p)))
+  if not paths:
+    raise ValueError(f"no label stats files (stats-*-of-*.json) for {predictions!r}: "
+                     "run noisy_student.label on every shard first")
+  hist, files, corrupt, runs = None, [], 0, {}
+  for path in paths:
+    stats = fileio.read_json(path)
+    if stats.get("format") != STATS_FORMAT:
+      raise ValueError(f"{path}: not a {STATS_FORMAT} file")
+    h = np.asarray(stats["histogram"], np.int64)
+    if hist is None:
+      hist = np.zeros_like(h)
+    if h.shape != hist.shape:
+      raise ValueError(f"{path}: histogram shape {h.shape} != {hist.shape} "
+                       "(stats from teachers with different class counts)")
+    hist += h
+    corrupt += int(stats["num_corrupt"])
+    directory = os.path.dirname(os.path.abspath(path))
+    files.extend(os.path.join(directory, f["output"]) for f in stats["files"])
+    runs.setdefault((directory, stats["num_shards"]), set()).add(stats["shard_index"])
+  for (directory, n), seen in runs.items():
+    missing = sorted(set(range(n)) - seen)
+    if missing:
+      raise ValueError(f"{directory}: stats for shards {missing[:10]} of {n} are missing "
+                       "(labelling incomplete)")
+  files = sorted(files)
+  if matched is not None and set(files) != matched:
+    extra = sorted(matched - set(files))[:3]
+    lacking = sorted(set(files) - matched)[:3]
+    raise ValueError(f"{predictions!r} does not match the files the stats describe "
+                     f"(matched but not in stats: {extra}; in stats but not matched: "
+                     f"{lacking}); pass the prediction directory instead")
+  return LabelStats(hist, files, corrupt, sum(n for _, n in runs), paths)
+
+
+# --------------------------------------------------------------------------- pass 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+  """Filter and balance settings.
+
+  Attributes:
+    min_threshold: lowest confidence threshold (0.3 in the paper's code); a multiple
+      of 0.01.
+    images_per_class: K, the target number of images per class (ignored with
+      balance=False).
+    balance: False is a plain threshold filter: confidence >= min_threshold, one copy.
+    upsample: False caps the copy factor at 1 (no duplication of small classes).
+    seed: seeds the stochastic rounding and the output shuffle.
+  """
+  min_threshold: float = 0.3
+  images_per_class: int | None = None
+  balance: bool = True
+  upsample: bool = True
+  seed: int = 0
+
+  def __post_init__(self):
+    if not 0.0 <= self.min_threshold <= 1.0:
+      raise ValueError(f"min_threshold must be in [0, 1], got {self.min_threshold}")
+    if abs(self.min_threshold * 100 - round(self.min_threshold * 100)) > 1e-6:
+      raise ValueError(f"min_threshold must be a multiple of 0.01, got {self.min_threshold}")
+    if self.balance and (self.images_per_class is None or self.images_per_class < 1):
+      raise ValueError("balancing needs images_per_class >= 1 (or use balance=False)")
+
+  @property
+  def min_bin(self) -> int:
+    return int(round(self.min_threshold * 100))
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Per-class decisions of pass 1 (arrays of length num_classes).
+
+  Attributes:
+    threshold_bin: int64; keep a record iff its confidence bin >= this (threshold =
+      bin / 100).
+    copy_factor: float64 x; a kept record is written int(x) + Bernoulli(frac(x)) times.
+    count_before: all predictions of the class.
+    count_kept: predictions at or above the threshold (total_count(c)).
+    expected_after: count_kept * copy_factor, the expected number of output records.
+  """
+  config: SelectionConfig
+  threshold_bin: np.ndarray
+  copy_factor: np.ndarray
+  count_before: np.ndarray
+  count_kept: np.ndarray
+  expected_after: np.ndarray
+  confidence_histogram: np.ndarray  # [101] over all classes
+
+  @property
+  def thresholds(self) -> np.ndarray:
+    return self.threshold_bin / 100.0
+
+  def to_json(self) -> dict:
+    return {
+        "config": dataclasses.asdict(self.config),
+        "num_classes": int(len(self.threshold_bin)),
+        "total_before": int(self.count_before.sum()),
+        "total_kept": int(self.count_kept.sum()),
+        "total_expected_after": float(self.expected_after.sum()),
+        "threshold": [round(float(t), 2) for t in self.thresholds],
+        "copy_factor": [float(x) for x in self.copy_factor],
+        "count_before": self.count_before.tolist(),
+        "count_kept": self.count_kept.tolist(),
+        "expected_after": [float(x) for x in self.expected_after],
+        "confidence_histogram": self.confidence_histogram.tolist(),
+    }
+
+
+def plan_selection(histogram: np.ndarray, config: SelectionConfig) -> Plan:
+  """Pass 1: per-class threshold and copy factor from [C, 101] confidence histograms."""
+  histogram = np.asarray(histogram, np.int64)
+  counts = at_least(histogram)                             # [C, 101], non-increasing in t
+  num_classes = histogram.shape[0]
+  if config.balance:
+    k = config.images_per_class
+    # count(>= t) >= K holds for a prefix t = 0..t*; walking down from 1.00 stops at t*.
+    highest_ok = (counts >= k).sum(axis=1) - 1             # -1 when no t reaches K
+    threshold = np.maximum(highest_ok, config.min_bin)
+  else:
+    threshold = np.full([num_classes], config.min_bin, np.int64)
+  kept = counts[np.arange(num_classes), threshold]
+  if config.balance:
+    factor = np.where(kept > 0, config.images_per_class / np.maximum(kept, 1), 0.0)
+    if not config.upsample:
+      factor = np.minimum(factor, 1.0)
+  else:
+    factor = np.where(kept > 0, 1.0, 0.0)
+  return Plan(config, threshold.astype(np.int64), factor.astype(np.float64),
+              histogram.sum(axis=1), kept, kept * factor, histogram.sum(axis=0))
+
+
+def num_copies(plan: Plan, labels, confidence, uniforms) -> np.ndarray:
+  """Pass 2 decisions: how often each record is written.
+
+  Args:
+    labels: [n] int pseudo labels; confidence: [n] float32; uniforms: [n] float64 in
+      [0, 1) from `record_uniforms`.
+  Returns:
+    [n] int64 copies (0 = dropped).
+  """
+  labels = np.asarray(labels, np.int64)
+  keep = confidence_bins(confidence) >= plan.threshold_bin[labels]
+  x = np.where(keep, plan.copy_factor[labels], 0.0)
+  whole = np.floor(x)
+  return (whole + (np.asarray(uniforms) < (x - whole))).astype(np.int64)
+
+
+def record_uniforms(ids: tf.Tensor, seed: int) -> tf.Tensor:
+  """[n] float64 in [0, 1): a deterministic per-record draw from the id and the seed."""
+  keyed = tf.strings.join([tf.constant(f"{seed}:"), ids])
+  bucket = tf.strings.to_hash_bucket_fast(keyed, _HASH_BUCKETS)
+  return tf.cast(bucket, tf.float64) / float(_HASH_BUCKETS)
+
+
+# --------------------------------------------------------------------------- pass 2
+
+
+_SELECT_SPEC = {
+    schema.PSEUDO_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    schema.PSEUDO_CONFIDENCE: tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
+    schema.ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def _decision_dataset(files: list[str], seed: int, batch_size: int) -> tf.data.Dataset:
+  """(serialized, label, confidence, u) batches, in file order; parses 3 fields only."""
+  def parse(serialized):
+    parsed = tf.io.parse_example(serialized, _SELECT_SPEC)
+    return (serialized, parsed[schema.PSEUDO_LABEL], parsed[schema.PSEUDO_CONFIDENCE],
+            record_uniforms(parsed[schema.ID], seed))
+  ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20)
+  ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                deterministic=True)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class ShuffleWriter:
+  """Streams records into `paths` in a seeded random order with bounded memory.
+
+  A buffer of `buffer_size` records: once full, each incoming record replaces a random
+  buffered one, which is written to a random output file (tf.data's shuffle, plus a
+  random file). Memory is buffer_size records whatever the stream length; copies of one
+  record land in different files or up to ~buffer_size positions apart.
+  """
+
+  def __init__(self, paths: list[str], *, buffer_size: int, seed):
+    self._rng = np.random.default_rng(seed)
+    self._writers = [tf.io.TFRecordWriter(p) for p in paths]
+    self._buffer: list[bytes] = []
+    self._size = max(1, buffer_size)
+    self.written = np.zeros(len(paths), np.int64)
+
+  def add(self, records) -> None:
+    """Adds a sequence of serialized records."""
+    records = list(records)
+    fill = min(len(records), self._size - len(self._buffer))
+    self._buffer.extend(records[:fill])
+    rest = records[fill:]
+    if not rest:
+      return
+    slots = self._rng.integers(0, self._size, size=len(rest))
+    files = self._rng.integers(0, len(self._writers), size=len(rest))
+    buffer, writers = self._buffer, self._writers
+    for record, slot, f in zip(rest, slots.tolist(), files.tolist()):
+      writers[f].write(buffer[slot])
+      buffer[slot] = record
+    np.add.at(self.written, files, 1)
+
+  def close(self) -> None:
+    """Flushes the buffer in random order and closes the files."""
+    order = self._rng.permutation(len(self._buffer))
+    files = self._rng.integers(0, len(self._writers), size=len(order))
+    for i, f in zip(order.tolist(), files.tolist()):
+      self._writers[f].write(self._buffer[i])
+    np.add.at(self.written, files, 1)
+    self._buffer = []
+    for w in self._writers:
+      w.close()
+
+
+def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
+                 shard_seed, buffer_size: int = 10000, batch_size: int = 4096,
+                 progress=None) -> dict:
+  """Pass 2 over `files`: writes the selected, duplicated, shuffled records.
+
+  `out_paths` are written directly (wrap them in atomic paths). Returns per-class
+  counts: "read", "kept" (passed the threshold) and "written" (with copies).
+  """
+  num_classes = len(plan.threshold_bin)
+  read = np.zeros(num_classes, np.int64)
+  kept = np.zeros(num_classes, np.int64)
+  written = np.zeros(num_classes, np.int64)
+  writer = ShuffleWriter(out_paths, buffer_size=buffer_size, seed=shard_seed)
+  dataset = _decision_dataset(files, plan.config.seed, batch_size)
+  try:
+    for serialized, labels, confidence, uniforms in dataset.as_numpy_iterator():
+      bad = (labels < 0) | (labels >= num_classes)
+      if bad.any():
+        raise ValueError(f"record with pseudo label {labels[bad][0]} outside "
+                         f"[0, {num_classes}) in {files}: not a prediction file?")
+      copies = num_copies(plan, labels, confidence, uniforms)
+      read += np.bincount(labels, minlength=num_classes)
+      kept += np.bincount(labels, weights=copies > 0, minlength=num_classes).astype(np.int64)
+      written += np.bincount(labels, weights=copies, minlength=num_classes).astype(np.int64)
+      rows = np.repeat(np.arange(len(copies)), copies)
+      writer.add(serialized[rows])
+      if progress is not None:
+        progress(len(labels))
+  finally:
+    writer.close()
+  return {"read": read, "kept": kept, "written": written,
+          "written_per_file": writer.written}
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def output_names(shard_index: int, num_shards: int, files_per_shard: int) -> list[str]:
+  """Global numbering: shard i writes selected-{i*J + j:05d}-of-{N*J:05d}.tfrecord."""
+  total = num_shards * files_per_shard
+  return [f"selected-{shard_index * files_per_shard + j:05d}-of-{total:05d}.tfrecord"
+          for j in range(files_per_shard)]
+
+
+def summarize(plan: Plan, label_stats: LabelStats, shard_stats: list[dict] | None) -> dict:
+  """selection.json: the plan, and the actual counts once every shard has finished."""
+  summary = {"format": "noisy_student.select.summary/1",
+             "predictions": {"num_files": len(label_stats.files),
+                             "num_label_shards": label_stats.num_shards,
+                             "num_corrupt": label_stats.num_corrupt},
+             "plan": plan.to_json(), "complete": shard_stats is not None}
+  if shard_stats is not None:
+    for key in ("read", "kept", "written"):
+      summary[f"actual_{key}"] = np.sum([s[key] for s in shard_stats], axis=0).tolist()
+    summary["total_written"] = int(sum(summary["actual_written"]))
+    summary["output_files"] = sorted(f for s in shard_stats for f in s["output_files"])
+  return summary
+
+
+def plot_summary(plan: Plan, path: str, actual_written=None) -> None:
+  """A one-page PNG of what the teacher produced and what selection made of it."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cfg = plan.config
+  c = np.arange(len(plan.threshold_bin))
+  after = plan.expected_after if actual_written is None else np.asarray(actual_written)
+  fig, axes = plt.subplots(2, 2, figsize=(13, 8.5))
+  ax = axes[0, 0]
+  order = np.argsort(-plan.count_before, kind="stable")
+  step = dict(where="mid", linewidth=1.2)
+  ax.step(c, plan.count_before[order], label="predicted (all)", **step)
+  ax.step(c, plan.count_kept[order], label="kept (conf >= threshold)", **step)
+  ax.step(c, after[order], linestyle="--", label="after balancing" + (
+      " (expected)" if actual_written is None else ""), **step)
+  if cfg.balance:
+    ax.axhline(cfg.images_per_class, color="k", linestyle=":", label=f"K = {cfg.images_per_class}")
+  ax.set_yscale("symlog", linthresh=1)
+  ax.set_ylim(0, 2.0 * max(1.0, float(plan.count_before.max()), float(np.max(after))))
+  ax.set_xlabel("class, sorted by predicted count")
+  ax.set_ylabel("images")
+  ax.set_title("Per-class counts")
+  ax.legend(fontsize=8)
+  ax = axes[0, 1]
+  ax.step(c, plan.thresholds[order], where="mid", color="C3")
+  ax.axhline(cfg.min_threshold, color="k", linestyle=":", label=f"min_threshold {cfg.min_threshold}")
+  ax.set_ylim(-0.02, 1.02)
+  ax.set_xlabel("class, sorted by predicted count")
+  ax.set_ylabel("confidence threshold")
+  ax.set_title("Chosen threshold per class")
+  ax.legend(fontsize=8)
+  ax = axes[1, 0]
+  ax.bar(np.arange(101) / 100.0, plan.confidence_histogram, width=0.01, align="edge")
+  ax.axvline(cfg.min_threshold, color="k", linestyle=":")
+  ax.set_yscale("symlog", linthresh=1)
+  ax.set_ylim(0, 2.0 * max(1.0, float(plan.confidence_histogram.max())))
+  ax.set_xlabel("teacher confidence (max soft-label probability), bin width 0.01")
+  ax.set_ylabel("images")
+  ax.set_title("Confidence histogram, all classes")
+  ax = axes[1, 1]
+  factor = plan.copy_factor[order]
+  ax.step(c, np.where(factor > 0, factor, np.nan), where="mid", color="C2")
+  ax.axhline(1.0, color="k", linestyle=":")
+  ax.set_yscale("log")
+  ax.set_xlabel("class, sorted by predicted count")
+  ax.set_ylabel("copy factor x (down < 1 < up)")
+  ax.set_title("Sampling per class (classes with no kept image omitted)")
+  mode = ("filter only" if not cfg.balance else
+          f"balance to K={cfg.images_per_class}" + ("" if cfg.upsample else ", no upsampling"))
+  fig.suptitle(
+      f"{plan.count_before.sum():,} predictions, {len(c)} classes, {mode}: "
+      f"{plan.count_kept.sum():,} kept, {int(round(float(np.sum(after)))):,} "
+      f"{'written' if actual_written is not None else 'expected'}; "
+      f"{int((plan.threshold_bin > cfg.min_bin).sum())} classes above min_threshold, "
+      f"{int((plan.count_kept < (cfg.images_per_class or 0)).sum()) if cfg.balance else 0}"
+      " classes short of K", fontsize=11)
+  fig.tight_layout(rect=(0, 0, 1, 0.96))
+  with fileio.atomic_path(path) as tmp:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      fig.savefig(f, format="png", dpi=90)
+  plt.close(fig)
+
+
+def dumps_compact(obj: dict) -> str:
+  """JSON with one line per top-level key: per-class lists stay on one line each."""
+  lines = [f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'), sort_keys=True)}"
+           for k, v in obj.items()]
+  return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+# --------------------------------------------------------------------------- driver
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectJob:
+  """One pass-2 job: shard `shard_index` of `num_shards` over the prediction files."""
+  predictions: str
+  output_dir: str
+  shard_index: int = 0
+  num_shards: int = 1
+  files_per_shard: int = 1
+  shuffle_buffer: int = 10000
+  plan_only: bool = False
+
+
+def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> dict:
+  """Pass 1 (always, cheap) and pass 2 for one shard; returns the summary dict.
+
+  Every shard recomputes the same plan from the stats files and writes selection.json
+  and selection.png; the shard that finds all shards finished rewrites both with the
+  actual counts. A finished shard (its select-stats file exists) is skipped on rerun.
+  `shard_files(files, i, n)` splits the prediction files (data.pipeline.shard_files).
+  """
+  if not 0 <= job.shard_index < job.num_shards:
+    raise ValueError(f"shard_index {job.shard_index} out of range for num_shards "
+                     f"{job.num_shards}")
+  if job.files_per_shard < 1:
+    raise ValueError(f"num_output_shards must be >= 1, got {job.files_per_shard}")
+  stats = read_label_stats(job.predictions)
+  plan = plan_selection(stats.histogram, config)
+  tf.io.gfile.makedirs(job.output_dir)
+  _write_summary(job, plan, stats, None)
+  if job.plan_only:
+    return summarize(plan, stats, None)
+  marker = os.path.join(job.output_dir, select_stats_name(job.shard_index, job.num_shards))
+  identity = {"config": dataclasses.asdict(config), "num_shards": job.num_shards,
+              "files_per_shard": job.files_per_shard, "shuffle_buffer": job.shuffle_buffer,
+              "predictions": stats.files}
+  if tf.io.gfile.exists(marker):
+    done = fileio.read_json(marker)
+    if done["identity"] != identity:
+      raise ValueError(f"{marker} was made with different settings or predictions; "
+                       "use a fresh --output_dir")
+    print(f"shard {job.shard_index}: already done ({marker})")
+  else:
+    _select_one_shard(job, plan, stats, identity, marker,
+                      shard_files(stats.files, job.shard_index, job.num_shards))
+  return _maybe_complete(job, plan, stats)
+
+
+def _select_one_shard(job, plan, stats, identity, marker, files) -> None:
+  names = output_names(job.shard_index, job.num_shards, job.files_per_shard)
+  paths = [os.path.join(job.output_dir, n) for n in names]
+  expected = int(sum(plan.count_before)) * len(files) // max(1, len(stats.files))
+  start = time.time()
+  from tqdm import tqdm
+  with tqdm(total=expected, unit="rec", unit_scale=True, mininterval=2.0,
+            desc=f"select {job.shard_index}/{job.num_shards}") as bar:
+    with contextlib.ExitStack() as stack:
+      tmps = [stack.enter_context(fileio.atomic_path(p)) for p in paths]
+      counts = select_shard(files, plan, tmps, buffer_size=job.shuffle_buffer,
+                            shard_seed=[plan.config.seed, job.shard_index],
+                            progress=bar.update)
+  seconds = time.time() - start
+  record = {"format": SELECT_STATS_FORMAT, "identity": identity,
+            "shard_index": job.shard_index, "num_shards": job.num_shards,
+            "input_files": files, "output_files": names,
+            "records_per_output_file": counts["written_per_file"].tolist(),
+            "read": counts["read"].tolist(), "kept": counts["kept"].tolist(),
+            "written": counts["written"].tolist(), "seconds": round(seconds, 3),
+            "records_per_second": round(int(counts["read"].sum()) / max(seconds, 1e-9), 1)}
+  fileio.write_text_atomic(marker, dumps_compact(record))
+  print(f"shard {job.shard_index}: read {int(counts['read'].sum()):,}, kept "
+        f"{int(counts['kept'].sum()):,}, wrote {int(counts['written'].sum()):,} records "
+        f"into {len(names)} file(s) in {seconds:.1f}s")
+
+
+def _maybe_complete(job, plan, stats) -> dict:
+  paths = [os.path.join(job.output_dir, select_stats_name(i, job.num_shards))
+           for i in range(job.num_shards)]
+  if not all(tf.io.gfile.exists(p) for p in paths):
+    return summarize(plan, stats, None)
+  shard_stats = [fileio.read_json(p) for p in paths]
+  return _write_summary(job, plan, stats, shard_stats)
+
+
+def _write_summary(job, plan, stats, shard_stats) -> dict:
+  summary = summarize(plan, stats, shard_stats)
+  fileio.write_text_atomic(os.path.join(job.output_dir, "selection.json"),
+                           dumps_compact(summary))
+  plot_summary(plan, os.path.join(job.output_dir, "selection.png"),
+               actual_written=summary.get("actual_written"))
+  return summary

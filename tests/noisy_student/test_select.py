@@ -1,0 +1,234 @@
+"""Filter + balance (NOTES.md section 2): pass-1 math on synthetic histograms, pass-2
+streaming on tiny synthetic prediction files, and the command's errors."""
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data import fileio
+
+from data import schema
+from noisy_student import selection
+
+NUM_CLASSES = 4
+
+
+def _hist(rows):
+  """rows: {class: {bin: count}} -> [NUM_CLASSES, 101]."""
+  h = selection.new_histogram(NUM_CLASSES)
+  for c, bins in rows.items():
+    for b, n in bins.items():
+      h[c, b] = n
+  return h
+
+
+# --------------------------------------------------------------------------- pass 1
+
+
+def test_confidence_bins_follow_float32_values():
+  conf = np.array([0.0, 0.005, 0.29, 0.3, 0.999, 1.0], np.float32)
+  # Compared in float32: a confidence stored as 0.29 passes the threshold 0.29.
+  np.testing.assert_array_equal(selection.confidence_bins(conf), [0, 0, 29, 30, 99, 100])
+  below = np.nextafter(np.float32(0.29), np.float32(0))
+  assert selection.confidence_bins([below, 1.5, -0.1]).tolist() == [28, 100, 0]
+
+
+def test_thresholds_walk_down_from_one():
+  h = _hist({0: {95: 50, 80: 100, 50: 200},   # count(>=0.80) = 150 >= K first
+             1: {90: 10, 40: 20, 10: 500},    # never reaches K above 0.3: min_threshold
+             2: {20: 30},                     # nothing above min_threshold
+             3: {100: 120, 70: 5}})           # exactly K at 1.00
+  plan = selection.plan_selection(h, selection.SelectionConfig(
+      min_threshold=0.3, images_per_class=120))
+  np.testing.assert_array_equal(plan.threshold_bin, [80, 30, 30, 100])
+  np.testing.assert_array_equal(plan.count_before, [350, 530, 30, 125])
+  np.testing.assert_array_equal(plan.count_kept, [150, 30, 0, 120])
+  np.testing.assert_allclose(plan.copy_factor, [0.8, 4.0, 0.0, 1.0])
+  np.testing.assert_allclose(plan.expected_after, [120, 120, 0, 120])
+
+
+def test_threshold_is_highest_t_reaching_k_not_the_bin_with_k():
+  # Counts spread over many bins: t* is where the cumulative count first reaches K.
+  h = _hist({0: {b: 10 for b in range(101)}, 1: {}, 2: {}, 3: {}})
+  plan = selection.plan_selection(h, selection.SelectionConfig(images_per_class=55))
+  assert plan.threshold_bin[0] == 95  # bins 95..100 hold 60 >= 55; 96..100 hold 50.
+  assert plan.count_kept[0] == 60
+  assert plan.copy_factor[0] == pytest.approx(55 / 60)
+
+
+def test_no_upsample_caps_factor_and_no_balance_is_plain_filter():
+  h = _hist({0: {95: 50, 80: 100, 50: 200}, 1: {90: 10, 40: 20, 10: 500}, 2: {20: 30}})
+  up = selection.plan_selection(h, selection.SelectionConfig(images_per_class=120,
+                                                             upsample=False))
+  np.testing.assert_allclose(up.copy_factor, [0.8, 1.0, 0.0, 0.0])
+  np.testing.assert_allclose(up.expected_after, [120, 30, 0, 0])
+  flat = selection.plan_selection(h, selection.SelectionConfig(min_threshold=0.45,
+                                                               balance=False))
+  np.testing.assert_array_equal(flat.threshold_bin, [45] * NUM_CLASSES)
+  np.testing.assert_array_equal(flat.count_kept, [350, 10, 0, 0])
+  np.testing.assert_allclose(flat.copy_factor, [1, 1, 0, 0])
+
+
+def test_config_errors():
+  with pytest.raises(ValueError, match="images_per_class"):
+    selection.SelectionConfig()
+  with pytest.raises(ValueError, match="multiple of 0.01"):
+    selection.SelectionConfig(min_threshold=0.305, balance=False)
+
+
+def test_stochastic_rounding_is_unbiased_and_keyed_on_id():
+  plan = selection.plan_selection(_hist({0: {90: 10}, 1: {90: 10}}),
+                                  selection.SelectionConfig(images_per_class=25))
+  ids = tf.constant([f"img{i}" for i in range(20000)])
+  u = selection.record_uniforms(ids, seed=3).numpy()
+  assert ((u >= 0) & (u < 1)).all()
+  np.testing.assert_array_equal(u[:7], selection.record_uniforms(ids[:7], seed=3).numpy())
+  assert not np.array_equal(u, selection.record_uniforms(ids, seed=4).numpy())
+  copies = selection.num_copies(plan, np.zeros(20000), np.full(20000, 0.95, np.float32), u)
+  assert set(np.unique(copies)) == {2, 3}                    # x = 2.5
+  assert copies.mean() == pytest.approx(2.5, abs=0.02)
+  assert plan.threshold_bin[0] == 30                         # K never reached
+  below = selection.num_copies(plan, np.zeros(3), np.full(3, 0.29, np.float32), u[:3])
+  np.testing.assert_array_equal(below, 0)
+
+
+# --------------------------------------------------------------------------- pass 2
+
+
+def _write_predictions(directory, per_file, seed=0, num_shards=1):
+  """Prediction TFRecords + label stats; returns {serialized: (label, conf)}."""
+  rng = np.random.default_rng(seed)
+  records, files, hist = {}, [], selection.new_histogram(NUM_CLASSES)
+  for f, n in enumerate(per_file):
+    name = f"pred-{f:03d}.tfrecord"
+    with tf.io.TFRecordWriter(os.path.join(directory, name)) as w:
+      for i in range(n):
+        label = int(rng.integers(NUM_CLASSES))
+        conf = float(rng.choice([0.2, 0.5, 0.75, 0.97]))
+        probs = np.full(NUM_CLASSES, (1 - conf) / (NUM_CLASSES - 1))
+        probs[label] = conf
+        feats = schema.image_features(rng.bytes(8), f"id-{f}-{i}")
+        feats.update(schema.pseudo_features(probs, top_k=2))
+        s = schema.make_example(feats).SerializeToString()
+        w.write(s)
+        records[s] = (label, np.float32(probs.max()))
+        selection.accumulate(hist, [label], [np.float32(probs.max())])
+    files.append({"input": f"in-{f}", "output": name, "num_images": n, "num_corrupt": 0})
+  # Split files over `num_shards` label stats files, the histogram on shard 0.
+  for i in range(num_shards):
+    part = hist if i == 0 else np.zeros_like(hist)
+    stats = selection.make_label_stats(shard_index=i, num_shards=num_shards,
+                                       histogram=part, files=files[i::num_shards],
+                                       corrupt=[], settings={})
+    selection.write_label_stats(
+        os.path.join(directory, selection.label_stats_name(i, num_shards)), stats)
+  return records
+
+
+def _read_outputs(directory):
+  out = []
+  for path in fileio.list_files(os.path.join(directory, "selected-*")):
+    out.extend(r.numpy() for r in tf.data.TFRecordDataset(path))
+  return out
+
+
+def _run(pred, out, shard_index=0, num_shards=1, **kw):
+  config = selection.SelectionConfig(
+      images_per_class=kw.pop("k", 60), balance=kw.pop("balance", True),
+      upsample=kw.pop("upsample", True), seed=kw.pop("seed", 7), min_threshold=0.3)
+  job = selection.SelectJob(str(pred), str(out), shard_index, num_shards, **kw)
+  return selection.run_selection(job, config, shard_files=lambda f, i, n: f[i::n])
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory):
+  d = tmp_path_factory.mktemp("pred")
+  return d, _write_predictions(str(d), [90, 70, 80, 60])
+
+
+def test_pass2_writes_source_bytes_with_planned_copies(predictions, tmp_path):
+  pred, records = predictions
+  summary = _run(pred, tmp_path / "sel", files_per_shard=2, shuffle_buffer=50)
+  assert summary["complete"]
+  outputs = _read_outputs(tmp_path / "sel")
+  counts = collections.Counter(outputs)
+  assert set(counts) <= set(records)                 # byte-for-byte source records
+  plan = summary["plan"]
+  written = np.zeros(NUM_CLASSES, np.int64)
+  for s, n in counts.items():
+    label, conf = records[s]
+    assert round(float(conf) * 100) >= plan["threshold"][label] * 100 - 1e-6
+    written[label] += n
+  assert written.tolist() == summary["actual_written"]
+  # Within stochastic rounding of K per class (every class here has >= 1 kept record).
+  kept = np.array(plan["count_kept"])
+  assert (np.abs(written - 60) <= kept).all()
+  assert sum(summary["actual_read"]) == len(records)
+  # Shuffled: not in input order.
+  sources = [s for s in records if s in counts]
+  assert [s for s in dict.fromkeys(outputs)] != sources
+  assert os.path.getsize(tmp_path / "sel" / "selection.png") > 10000
+
+
+def test_sharded_pass2_equals_single_job_and_reruns_identically(predictions, tmp_path):
+  pred, _ = predictions
+  _run(pred, tmp_path / "one")
+  for i in range(3):
+    _run(pred, tmp_path / "three", shard_index=i, num_shards=3)
+  one = collections.Counter(_read_outputs(tmp_path / "one"))
+  three = collections.Counter(_read_outputs(tmp_path / "three"))
+  assert one == three                                  # same records, same copies
+  before = {p: open(p, "rb").read() for p in fileio.list_files(str(tmp_path / "three/*"))}
+  os.remove(tmp_path / "three" / selection.select_stats_name(1, 3))  # "crashed" shard 1
+  _run(pred, tmp_path / "three", shard_index=1, num_shards=3)
+  after = {p: open(p, "rb").read() for p in fileio.list_files(str(tmp_path / "three/*"))}
+  assert {p for p in before} == {p for p in after}
+  for p in before:
+    if p.endswith(".tfrecord") or p.endswith(".png"):
+      assert before[p] == after[p], p
+
+
+def test_no_balance_keeps_each_confident_record_once(predictions, tmp_path):
+  pred, records = predictions
+  summary = _run(pred, tmp_path / "flat", balance=False)
+  outputs = _read_outputs(tmp_path / "flat")
+  expected = {s for s, (_, conf) in records.items() if conf >= 0.3}
+  assert collections.Counter(outputs) == collections.Counter(expected)
+  assert summary["total_written"] == len(expected)
+
+
+def test_no_upsample_never_duplicates(predictions, tmp_path):
+  pred, _ = predictions
+  _run(pred, tmp_path / "noup", k=70, upsample=False)
+  outputs = _read_outputs(tmp_path / "noup")
+  assert max(collections.Counter(outputs).values()) == 1
+
+
+def test_errors(predictions, tmp_path):
+  pred, _ = predictions
+  with pytest.raises(ValueError, match="out of range"):
+    _run(pred, tmp_path / "e", shard_index=2, num_shards=2)
+  with pytest.raises(ValueError, match="no label stats"):
+    _run(tmp_path, tmp_path / "e")
+  with pytest.raises(ValueError, match="no files match"):
+    _run(str(tmp_path / "nothing-*.tfrecord"), tmp_path / "e")
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  _write_predictions(str(partial), [5, 5], num_shards=2)
+  os.remove(partial / selection.label_stats_name(1, 2))
+  with pytest.raises(ValueError, match=r"shards \[1\] of 2 are missing"):
+    _run(partial, tmp_path / "e")
+  _run(pred, tmp_path / "s")
+  with pytest.raises(ValueError, match="different settings"):
+    _run(pred, tmp_path / "s", seed=8)
+
+
+def test_pattern_must_match_stats_files(predictions, tmp_path):
+  pred, _ = predictions
+  summary = _run(str(pred / "pred-*.tfrecord"), tmp_path / "p", plan_only=True)
+  assert summary["plan"]["total_before"] == 300
+  assert not os.path.exists(tmp_path / "p" / selection.select_stats_name(0, 1))
+  with pytest.raises(ValueError, match="does not match the files the stats describe"):
+    _run(str(pred / "pred-000.tfrecord"), tmp_path / "p")
