@@ -1,0 +1,129 @@
+"""Weight import from randomly initialised keras.applications models (no downloads)."""
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import efficientnet
+from efficientnet.weights import KERAS_APPLICATIONS
+
+SIZE = 32  # keras.applications' minimum input size; weights do not depend on it.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
+IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+
+
+def _keras_model(name, classes=1000, seed=0):
+  """A keras.applications model with random BN statistics and input normalisation.
+
+  Fresh models have BN moving mean 0 / variance 1 and an identity normalisation, which
+  would let an import that skipped either go unnoticed; random values make every
+  variable matter and keep the logits of order one.
+  """
+  model = getattr(keras.applications, KERAS_APPLICATIONS[name])(
+      weights=None, input_shape=(SIZE, SIZE, 3), classes=classes, classifier_activation=None)
+  rng = np.random.RandomState(seed)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      n = layer.gamma.shape[0]
+      layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
+                         rng.normal(0, 0.2, n), rng.uniform(0.5, 1.5, n)])
+    elif isinstance(layer, keras.layers.Normalization):
+      _set_normalization(layer, IMAGENET_MEAN + rng.normal(0, .05, 3), IMAGENET_STD ** 2)
+  return model
+
+
+def _set_normalization(layer, mean, variance):
+  layer.adapt_mean.assign(np.asarray(mean, "float32"))
+  layer.adapt_variance.assign(np.asarray(variance, "float32"))
+  layer.finalize_state()
+
+
+def _images(n=2, seed=1):
+  return np.random.RandomState(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype("float32")
+
+
+def _ours(name, classes=1000, **kwargs):
+  return efficientnet.build_model(name, num_classes=classes, input_shape=(SIZE, SIZE, 3),
+                                  **kwargs)
+
+
+def _assert_same_outputs(ours, theirs, x):
+  a = keras.ops.convert_to_numpy(ours(x, training=False))
+  b = keras.ops.convert_to_numpy(theirs(x, training=False))
+  assert np.abs(b).max() > 0.1  # The comparison is meaningful.
+  np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_import_b0_from_model():
+  theirs = _keras_model("efficientnet-b0")
+  ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0"), theirs)
+  _assert_same_outputs(ours, theirs, _images())
+
+
+def test_import_b0_from_weights_file(tmp_path):
+  theirs = _keras_model("efficientnet-b0", classes=10)
+  path = str(tmp_path / "b0.weights.h5")
+  theirs.save_weights(path)
+  ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), path)
+  _assert_same_outputs(ours, theirs, _images())
+
+
+def test_published_checkpoint_normalisation_is_corrected(tmp_path):
+  # Published files store the std as the variance; weights="imagenet" divides by
+  # sqrt(std) once more, i.e. computes (x / 255 - mean) / std. So must we.
+  theirs = _keras_model("efficientnet-b0", classes=10)
+  norm = [l for l in theirs.layers if isinstance(l, keras.layers.Normalization)][0]
+  _set_normalization(norm, IMAGENET_MEAN, IMAGENET_STD)
+  path = str(tmp_path / "published.weights.h5")
+  theirs.save_weights(path)
+  ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), path)
+  stats = ours.get_layer("input_normalization").get_weights()
+  np.testing.assert_allclose(stats[0], IMAGENET_MEAN * 255, rtol=1e-5)
+  np.testing.assert_allclose(stats[1], IMAGENET_STD * 255, rtol=1e-5)
+  _set_normalization(norm, IMAGENET_MEAN, IMAGENET_STD ** 2)  # What "imagenet" computes.
+  _assert_same_outputs(ours, theirs, _images())
+
+
+def test_uncorrected_published_normalisation_in_a_model_warns():
+  theirs = _keras_model("efficientnet-b0", classes=10)
+  norm = [l for l in theirs.layers if isinstance(l, keras.layers.Normalization)][0]
+  _set_normalization(norm, IMAGENET_MEAN, IMAGENET_STD)
+  with pytest.warns(UserWarning, match="correcting Rescaling"):
+    ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), theirs)
+  _assert_same_outputs(ours, theirs, _images())  # Still reproduces the source as it is.
+
+
+def test_head_can_be_skipped_for_other_class_counts():
+  theirs = _keras_model("efficientnet-b0", classes=1000)
+  ours = _ours("efficientnet-b0", 7)
+  with pytest.raises(ValueError, match="include_head=False"):
+    efficientnet.load_keras_applications_weights(ours, theirs)
+  head = ours.get_layer("predictions").get_weights()
+  efficientnet.load_keras_applications_weights(ours, theirs, include_head=False)
+  np.testing.assert_array_equal(ours.get_layer("predictions").get_weights()[0], head[0])
+  np.testing.assert_array_equal(ours.get_layer("top_conv").get_weights()[0],
+                                theirs.get_layer("top_conv").get_weights()[0])
+
+
+@pytest.mark.filterwarnings("ignore:Skipping nested container")
+def test_mismatched_variant_is_a_clear_error(tmp_path):
+  theirs = keras.applications.EfficientNetB1(weights=None, input_shape=(SIZE, SIZE, 3))
+  with pytest.raises(ValueError, match="not the same EfficientNet variant.*23 blocks"):
+    efficientnet.load_keras_applications_weights(_ours("efficientnet-b0"), theirs)
+  path = str(tmp_path / "b1.weights.h5")
+  theirs.save_weights(path)
+  # A file is read into the variant of the target model: B0 cannot hold B1 weights.
+  with pytest.raises(ValueError, match="EfficientNetB0"):
+    efficientnet.load_keras_applications_weights(_ours("efficientnet-b0"), path)
+  with pytest.raises(ValueError, match="B0..B7 only"):
+    efficientnet.load_keras_applications_weights(
+        _ours("efficientnet-b0", width_coefficient=0.5), path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(KERAS_APPLICATIONS)[1:])
+def test_import_all_variants(name):
+  theirs = _keras_model(name)
+  ours = efficientnet.load_keras_applications_weights(_ours(name), theirs)
+  _assert_same_outputs(ours, theirs, _images())
