@@ -123,14 +123,19 @@ PSEUDO_SPEC = {
 
 
 def parse_example(serialized: tf.Tensor, *, label_offset: int = 0,
-                  with_pseudo: bool = False, num_classes: int | None = None) -> dict:
+                  with_pseudo: bool = False, num_classes: int | None = None,
+                  with_hidden_label: bool = False) -> dict:
   """Parses one serialized example.
 
   Returns a dict with "encoded" (string), "label" (int32, 0-based, UNLABELED if absent),
   "id" (string; the filename when the record has no id) and, with `with_pseudo=True`,
-  "pseudo_probs" ([num_classes] float32), "pseudo_label" (int32), "pseudo_confidence".
+  "pseudo_probs" ([num_classes] float32), "pseudo_label" (int32), "pseudo_confidence";
+  with `with_hidden_label=True`, "hidden_label" (int32, 0-based, UNLABELED if absent;
+  for analysis of pseudo labels only, never for training).
   """
   spec = dict(IMAGE_SPEC)
+  if with_hidden_label:
+    spec[HIDDEN_LABEL] = tf.io.FixedLenFeature([], tf.int64, default_value=UNLABELED)
   if with_pseudo:
     if num_classes is None:
       raise ValueError("with_pseudo=True needs num_classes")
@@ -140,6 +145,10 @@ def parse_example(serialized: tf.Tensor, *, label_offset: int = 0,
   label = tf.where(label == UNLABELED, label, label - label_offset)
   image_id = tf.where(tf.strings.length(parsed[ID]) > 0, parsed[ID], parsed[FILENAME])
   out = {"encoded": parsed[ENCODED], "label": label, "id": image_id}
+  if with_hidden_label:
+    # The split tool copies the label as it was read, so the offset applies here too.
+    hidden = tf.cast(parsed[HIDDEN_LABEL], tf.int32)
+    out["hidden_label"] = tf.where(hidden == UNLABELED, hidden, hidden - label_offset)
   if with_pseudo:
     out["pseudo_probs"] = densify_pseudo_label(parsed, num_classes)
     out["pseudo_label"] = tf.cast(parsed[PSEUDO_LABEL], tf.int32)
