@@ -82,7 +82,7 @@ def _write_shard(source, items, path: str, progress) -> dict:
   return {"counts": counts, "skipped": skipped}
 
 
-def _remove_stale_shards(output_dir: str, split: str, keep: set[str]) -> list[str]:
+def remove_stale_shards(output_dir: str, split: str, keep: set[str]) -> list[str]:
   """Deletes `{split}-*-of-*.tfrecord` files not written by this run (another N)."""
   pattern = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord$")
   stale = [f for f in glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord"))
@@ -118,7 +118,7 @@ def make_tfrecords(source, output_dir: str, *, num_shards: int, seed: int,
                for idx, name in zip(shards, names)]
     results = [f.result() for f in futures]  # In shard order: deterministic summary.
   bar.close()
-  stale = _remove_stale_shards(output_dir, split, set(names))
+  stale = remove_stale_shards(output_dir, split, set(names))
 
   counts = sum((r["counts"] for r in results), collections.Counter())
   skipped = sorted((s for r in results for s in r["skipped"]), key=lambda s: s["id"])

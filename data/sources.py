@@ -158,10 +158,12 @@ def load_fashion_mnist(split: str, directory: str = DEFAULT_FASHION_MNIST_DIR, *
                              cache_dir, download_fn)
            for kind in ("images-idx3", "labels-idx1")]
   images, labels = read_idx(paths[0]), read_idx(paths[1])
-  n = _FASHION_MNIST_COUNT[split]
-  if images.shape != (n, 28, 28) or labels.shape != (n,):
+  if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
     raise ValueError(f"unexpected Fashion-MNIST shapes {images.shape}, {labels.shape} "
                      f"in {paths}")
+  if len(labels) != _FASHION_MNIST_COUNT[split]:
+    logging.warning("%s has %d images; the official %s split has %d", paths[0],
+                    len(labels), split, _FASHION_MNIST_COUNT[split])
   return images, labels
 
 

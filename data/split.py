@@ -1,0 +1,161 @@
+r"""The semi-supervised split: a labeled training set -> labeled / dev / unlabeled.
+
+    python -m data.split --input_pattern='/tmp/fmnist/train-*' \
+        --output_dir=/tmp/fmnist_ssl --labeled_per_class=100 --dev_per_class=50 \
+        --seed=0 --num_shards=8
+
+Per class c, the records of c (in input order) are permuted with a generator seeded by
+(seed, c); the first `labeled_per_class` go to `labeled`, the next `dev_per_class` to
+`dev` (a small held-out labeled set for model selection, so the test split is never
+used to choose models), the rest to `unlabeled`. Records already unlabeled (label -1)
+go to `unlabeled` unchanged. The test split is not touched: keep using its TFRecords.
+
+Output, in `--output_dir`: `{labeled,dev,unlabeled}-{i:05d}-of-{N:05d}.tfrecord` and
+`split_summary.json` (counts per class per split). Labeled and dev records are copied
+byte for byte. Unlabeled records get `image/class/label = -1` and keep their true label
+only as `image/class/hidden_label` (for analysing pseudo labels; training never reads
+it); their encoded bytes and all other features are untouched.
+
+Two streaming passes (labels, then routing), so memory holds only the label array:
+each split's records are assigned to its N shards by a seeded permutation, and within a
+shard they keep the input order (already shuffled by `data.make_tfrecords`). The result
+depends only on the input files, the seed and the flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from data import fileio
+from data import make_tfrecords
+from data import schema
+
+SPLITS = ("labeled", "dev", "unlabeled")
+SUMMARY = "split_summary.json"
+
+
+def read_labels(files) -> np.ndarray:
+  """The stored `image/class/label` of every record, in file then record order."""
+  spec = {schema.LABEL: schema.IMAGE_SPEC[schema.LABEL]}
+  ds = tf.data.TFRecordDataset(files).batch(4096).map(
+      lambda x: tf.io.parse_example(x, spec)[schema.LABEL])
+  chunks = [c for c in ds.as_numpy_iterator()]
+  return np.concatenate(chunks) if chunks else np.zeros([0], np.int64)
+
+
+def choose(labels: np.ndarray, labeled_per_class: int, dev_per_class: int,
+           seed: int) -> np.ndarray:
+  """Destination (index into SPLITS) of each record."""
+  dest = np.full(len(labels), SPLITS.index("unlabeled"), np.int64)
+  for c in np.unique(labels[labels != schema.UNLABELED]):
+    members = np.flatnonzero(labels == c)
+    needed = labeled_per_class + dev_per_class
+    if len(members) < needed:
+      raise ValueError(f"class {c} has {len(members)} records; labeled_per_class + "
+                       f"dev_per_class = {needed}")
+    order = members[np.random.default_rng([seed, int(c)]).permutation(len(members))]
+    dest[order[:labeled_per_class]] = SPLITS.index("labeled")
+    dest[order[labeled_per_class:needed]] = SPLITS.index("dev")
+  return dest
+
+
+def shard_of_each(dest: np.ndarray, num_shards: int, seed: int) -> np.ndarray:
+  """Output shard of each record: per split, a seeded permutation cut into N chunks."""
+  shard = np.zeros(len(dest), np.int64)
+  for s in range(len(SPLITS)):
+    members = np.flatnonzero(dest == s)
+    chunks = make_tfrecords.assign_shards(len(members), num_shards, seed * 7919 + s)
+    for j, chunk in enumerate(chunks):
+      shard[members[chunk]] = j
+  return shard
+
+
+def hide_label(serialized: bytes) -> bytes:
+  """The record with label -1 and its label moved to `image/class/hidden_label`."""
+  example = tf.train.Example.FromString(serialized)
+  feature = example.features.feature
+  label = feature[schema.LABEL].int64_list.value[0]
+  feature[schema.HIDDEN_LABEL].int64_list.value[:] = [label]
+  feature[schema.LABEL].int64_list.value[:] = [schema.UNLABELED]
+  return example.SerializeToString(deterministic=True)
+
+
+def split(input_pattern: str, output_dir: str, *, labeled_per_class: int,
+          dev_per_class: int = 0, seed: int = 0, num_shards: int = 8) -> dict:
+  """Writes the three splits and the summary; returns the summary dict."""
+  if labeled_per_class < 1 or dev_per_class < 0:
+    raise ValueError("labeled_per_class must be >= 1 and dev_per_class >= 0")
+  files = fileio.list_files(input_pattern)
+  labels = read_labels(files)
+  dest = choose(labels, labeled_per_class, dev_per_class, seed)
+  shard = shard_of_each(dest, num_shards, seed)
+  present = [s for s in range(len(SPLITS)) if np.any(dest == s)]
+  names = {(s, j): make_tfrecords.shard_name(SPLITS[s], j, num_shards)
+           for s in present for j in range(num_shards)}
+  tf.io.gfile.makedirs(output_dir)
+  with contextlib.ExitStack() as stack:
+    writers = {}
+    for key, name in names.items():
+      tmp = stack.enter_context(fileio.atomic_path(os.path.join(output_dir, name)))
+      writers[key] = stack.enter_context(tf.io.TFRecordWriter(tmp))
+    for i, record in enumerate(tf.data.TFRecordDataset(files).as_numpy_iterator()):
+      hide = dest[i] == SPLITS.index("unlabeled") and labels[i] != schema.UNLABELED
+      writers[dest[i], shard[i]].write(hide_label(record) if hide else record)
+    # The ExitStack unwinds in reverse: each writer closes before its file is renamed.
+  for s, name in enumerate(SPLITS):
+    make_tfrecords.remove_stale_shards(
+        output_dir, name, {n for (t, _), n in names.items() if t == s})
+  summary = _summary(files, labels, dest, names, seed, labeled_per_class, dev_per_class,
+                     num_shards)
+  fileio.write_json_atomic(os.path.join(output_dir, SUMMARY), summary)
+  return summary
+
+
+def _summary(files, labels, dest, names, seed, labeled_per_class, dev_per_class,
+             num_shards) -> dict:
+  out = {"input_files": files, "seed": seed, "labeled_per_class": labeled_per_class,
+         "dev_per_class": dev_per_class, "num_shards": num_shards,
+         "num_input_records": int(len(labels))}
+  for s, name in enumerate(SPLITS):
+    classes, counts = np.unique(labels[dest == s], return_counts=True)
+    out[name] = {
+        "num_records": int(np.sum(dest == s)),
+        # True (stored) labels; for `unlabeled` they are hidden in the records.
+        "counts_per_class": {str(int(c)): int(n) for c, n in zip(classes, counts)},
+        "files": sorted(n for (t, _), n in names.items() if t == s),
+    }
+  return out
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_string("input_pattern", None, "Labeled TFRecords (e.g. '.../train-*').")
+  flags.DEFINE_string("output_dir", None, "Where the splits go.")
+  flags.DEFINE_integer("labeled_per_class", None, "Labeled images kept per class.")
+  flags.DEFINE_integer("dev_per_class", 0, "Held-out dev images per class.")
+  flags.DEFINE_integer("seed", 0, "Seed of the per-class choice and of the sharding.")
+  flags.DEFINE_integer("num_shards", 8, "Shards per output split.")
+  flags.mark_flags_as_required(["input_pattern", "output_dir", "labeled_per_class"])
+
+
+def main(argv):
+  del argv
+  summary = split(FLAGS.input_pattern, FLAGS.output_dir,
+                  labeled_per_class=FLAGS.labeled_per_class,
+                  dev_per_class=FLAGS.dev_per_class, seed=FLAGS.seed,
+                  num_shards=FLAGS.num_shards)
+  print(", ".join(f"{s}: {summary[s]['num_records']}" for s in SPLITS),
+        f"-> {FLAGS.output_dir}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
