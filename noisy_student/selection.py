@@ -329,9 +329,12 @@ def _decision_dataset(files: list[str], seed: int, batch_size: int) -> tf.data.D
     return (serialized, parsed[schema.PSEUDO_LABEL], parsed[schema.PSEUDO_CONFIDENCE],
             record_uniforms(parsed[schema.ID], seed))
   ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20)
-  ds = ds.batch(batch_size).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
-                                deterministic=True)
-  return ds.prefetch(tf.data.AUTOTUNE)
+  # Fixed parallelism and prefetch: AUTOTUNE grows buffers while the consumer lags,
+  # and memory must not depend on how long the stream is.
+  ds = ds.batch(batch_size).map(parse, num_parallel_calls=2, deterministic=True)
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return ds.prefetch(2).with_options(options)
 
 
 class ShuffleWriter:
@@ -384,11 +387,14 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
   """Pass 2 over `files`: writes the selected, duplicated, shuffled records.
 
   `out_paths` are written directly (wrap them in atomic paths). Returns per-class
-  counts: "read", "kept" (passed the threshold) and "written" (with copies).
+  counts: "read", "above_threshold" (the filter passed), "selected" (>= 1 copy; the
+  rest of the above-threshold records were down-sampled away) and "written" (with
+  copies), plus "written_per_file".
   """
   num_classes = len(plan.threshold_bin)
   read = np.zeros(num_classes, np.int64)
-  kept = np.zeros(num_classes, np.int64)
+  above = np.zeros(num_classes, np.int64)
+  selected = np.zeros(num_classes, np.int64)
   written = np.zeros(num_classes, np.int64)
   writer = ShuffleWriter(out_paths, buffer_size=buffer_size, seed=shard_seed)
   dataset = _decision_dataset(files, plan.config.seed, batch_size)
@@ -400,7 +406,9 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
                          f"[0, {num_classes}) in {files}: not a prediction file?")
       copies = num_copies(plan, labels, confidence, uniforms)
       read += np.bincount(labels, minlength=num_classes)
-      kept += np.bincount(labels, weights=copies > 0, minlength=num_classes).astype(np.int64)
+      passed = confidence_bins(confidence) >= plan.threshold_bin[labels]
+      above += np.bincount(labels[passed], minlength=num_classes)
+      selected += np.bincount(labels[copies > 0], minlength=num_classes)
       written += np.bincount(labels, weights=copies, minlength=num_classes).astype(np.int64)
       rows = np.repeat(np.arange(len(copies)), copies)
       writer.add(serialized[rows])
@@ -408,7 +416,7 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
         progress(len(labels))
   finally:
     writer.close()
-  return {"read": read, "kept": kept, "written": written,
+  return {"read": read, "above_threshold": above, "selected": selected, "written": written,
           "written_per_file": writer.written}
 
 
@@ -422,15 +430,21 @@ def output_names(shard_index: int, num_shards: int, files_per_shard: int) -> lis
           for j in range(files_per_shard)]
 
 
+_COUNT_KEYS = ("read", "above_threshold", "selected", "written")
+
+
 def summarize(plan: Plan, label_stats: LabelStats, shard_stats: list[dict] | None) -> dict:
-  """selection.json: the plan, and the actual counts once every shard has finished."""
-  summary = {"format": "noisy_student.select.summary/1",
-             "predictions": {"num_files": len(label_stats.files),
-                             "num_label_shards": label_stats.num_shards,
-                             "num_corrupt": label_stats.num_corrupt},
-             "plan": plan.to_json(), "complete": shard_stats is not None}
+  """selection.json: the plan, and the actual counts once every shard has finished.
+
+  Per-class lists (index = class) are top-level keys, one line each on disk.
+  """
+  summary = {"format": "noisy_student.select.summary/1", "complete": shard_stats is not None,
+             "num_prediction_files": len(label_stats.files),
+             "num_label_shards": label_stats.num_shards,
+             "num_corrupt_in_labelling": label_stats.num_corrupt}
+  summary.update(plan.to_json())
   if shard_stats is not None:
-    for key in ("read", "kept", "written"):
+    for key in _COUNT_KEYS:
       summary[f"actual_{key}"] = np.sum([s[key] for s in shard_stats], axis=0).tolist()
     summary["total_written"] = int(sum(summary["actual_written"]))
     summary["output_files"] = sorted(f for s in shard_stats for f in s["output_files"])
@@ -576,12 +590,11 @@ def _select_one_shard(job, plan, stats, identity, marker, files) -> None:
             "shard_index": job.shard_index, "num_shards": job.num_shards,
             "input_files": files, "output_files": names,
             "records_per_output_file": counts["written_per_file"].tolist(),
-            "read": counts["read"].tolist(), "kept": counts["kept"].tolist(),
-            "written": counts["written"].tolist(), "seconds": round(seconds, 3),
+            **{k: counts[k].tolist() for k in _COUNT_KEYS}, "seconds": round(seconds, 3),
             "records_per_second": round(int(counts["read"].sum()) / max(seconds, 1e-9), 1)}
   fileio.write_text_atomic(marker, dumps_compact(record))
-  print(f"shard {job.shard_index}: read {int(counts['read'].sum()):,}, kept "
-        f"{int(counts['kept'].sum()):,}, wrote {int(counts['written'].sum()):,} records "
+  print(f"shard {job.shard_index}: read {int(counts['read'].sum()):,}, selected "
+        f"{int(counts['selected'].sum()):,}, wrote {int(counts['written'].sum()):,} records "
         f"into {len(names)} file(s) in {seconds:.1f}s")
 
 

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from data import fileio
+from data import pipeline
 
 from data import schema
 from noisy_student import selection
@@ -139,7 +140,7 @@ def _run(pred, out, shard_index=0, num_shards=1, **kw):
       images_per_class=kw.pop("k", 60), balance=kw.pop("balance", True),
       upsample=kw.pop("upsample", True), seed=kw.pop("seed", 7), min_threshold=0.3)
   job = selection.SelectJob(str(pred), str(out), shard_index, num_shards, **kw)
-  return selection.run_selection(job, config, shard_files=lambda f, i, n: f[i::n])
+  return selection.run_selection(job, config, shard_files=pipeline.shard_files)
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +156,15 @@ def test_pass2_writes_source_bytes_with_planned_copies(predictions, tmp_path):
   outputs = _read_outputs(tmp_path / "sel")
   counts = collections.Counter(outputs)
   assert set(counts) <= set(records)                 # byte-for-byte source records
-  plan = summary["plan"]
+  plan = summary
   written = np.zeros(NUM_CLASSES, np.int64)
   for s, n in counts.items():
     label, conf = records[s]
     assert round(float(conf) * 100) >= plan["threshold"][label] * 100 - 1e-6
     written[label] += n
   assert written.tolist() == summary["actual_written"]
+  # Pass 2 applies exactly the filter pass 1 counted (same confidence bins).
+  assert summary["actual_above_threshold"] == plan["count_kept"]
   # Within stochastic rounding of K per class (every class here has >= 1 kept record).
   kept = np.array(plan["count_kept"])
   assert (np.abs(written - 60) <= kept).all()
@@ -228,7 +231,7 @@ def test_errors(predictions, tmp_path):
 def test_pattern_must_match_stats_files(predictions, tmp_path):
   pred, _ = predictions
   summary = _run(str(pred / "pred-*.tfrecord"), tmp_path / "p", plan_only=True)
-  assert summary["plan"]["total_before"] == 300
+  assert summary["total_before"] == 300
   assert not os.path.exists(tmp_path / "p" / selection.select_stats_name(0, 1))
   with pytest.raises(ValueError, match="does not match the files the stats describe"):
     _run(str(pred / "pred-000.tfrecord"), tmp_path / "p")
