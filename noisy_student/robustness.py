@@ -220,6 +220,9 @@ def corruption_summary(errors: Mapping[str, Mapping[int, float]],
   Returns:
     {"ce": {c: %}, "mce": %, "relative_ce": {c: %} and "relative_mce": % when both clean
     errors are given, "corruptions": [c, ...]}; percentages of the baseline (baseline = 100).
+    A corruption on which the baseline makes no error (or, for relative CE, no more error
+    than on clean data) cannot be normalised: its CE is NaN, it is listed under
+    "unnormalised" ("relative_unnormalised") and left out of the mean.
   Raises:
     ValueError: a corruption has no baseline, or the severities do not match.
   """
@@ -240,14 +243,26 @@ def corruption_summary(errors: Mapping[str, Mapping[int, float]],
                        f"1-5, got {severities}")
     model_mean = _mean_over_severities(per_severity, severities)
     base_mean = _mean_over_severities(base, severities if isinstance(base, Mapping) else None)
-    ce[c] = 100.0 * model_mean / base_mean
+    ce[c] = _ratio(model_mean, base_mean)
     if clean_error is not None and baseline_clean_error is not None:
-      rel[c] = 100.0 * (model_mean - clean_error) / (base_mean - baseline_clean_error)
-  out = {"corruptions": list(errors), "ce": ce, "mce": float(np.mean(list(ce.values())))}
+      rel[c] = _ratio(model_mean - clean_error, base_mean - baseline_clean_error)
+  out = {"corruptions": list(errors), "ce": ce, "mce": _finite_mean(ce),
+         "unnormalised": [c for c, v in ce.items() if np.isnan(v)]}
   if rel:
     out["relative_ce"] = rel
-    out["relative_mce"] = float(np.mean(list(rel.values())))
+    out["relative_mce"] = _finite_mean(rel)
+    out["relative_unnormalised"] = [c for c, v in rel.items() if np.isnan(v)]
   return out
+
+
+def _ratio(value: float, base: float) -> float:
+  """100 * value / base; NaN where the baseline has no error (nothing to normalise by)."""
+  return 100.0 * value / base if base > 0 else float("nan")
+
+
+def _finite_mean(values: Mapping[str, float]) -> float:
+  finite = [v for v in values.values() if not np.isnan(v)]
+  return float(np.mean(finite)) if finite else float("nan")
 
 
 # ---------------------------------------------------------------------- perturbations

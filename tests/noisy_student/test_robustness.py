@@ -35,6 +35,15 @@ def test_mce_without_clean_errors_has_no_relative():
   assert out["mce"] == pytest.approx(100 * 0.5 / 0.819324)
 
 
+def test_mce_skips_corruptions_the_baseline_never_gets_wrong():
+  out = rb.corruption_summary({"a": {1: 0.2}, "b": {1: 0.1}}, {"a": {1: 0.4}, "b": {1: 0.0}},
+                              clean_error=0.0, baseline_clean_error=0.0)
+  assert out["ce"]["a"] == pytest.approx(50.0) and np.isnan(out["ce"]["b"])
+  assert out["mce"] == pytest.approx(50.0) and out["unnormalised"] == ["b"]
+  assert out["relative_mce"] == pytest.approx(50.0)
+  assert out["relative_unnormalised"] == ["b"]
+
+
 def test_mce_rejects_mismatched_severities_and_missing_baseline():
   with pytest.raises(ValueError, match="severities 1-5"):
     rb.corruption_summary({"fog": {1: 0.5}}, rb.ALEXNET_CORRUPTION_ERRORS)

@@ -1,0 +1,201 @@
+"""noisy_student.evaluate end to end: a tiny trained model, tiny TFRecords, every suite."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from PIL import Image
+
+from data import schema
+from noisy_student import evaluate as ev
+from noisy_student import model_io
+from tests.noisy_student.test_attacks import brightness_task
+from tests.noisy_student.test_attacks import trained_tiny_model
+
+N = 24
+
+
+def _png(image) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(np.clip(np.round(image), 0, 255).astype(np.uint8)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def write_records(path, images, labels):
+  import tensorflow as tf
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path) as w:
+    for i, (image, label) in enumerate(zip(images, labels)):
+      w.write(schema.make_example(schema.image_features(
+          _png(image), f"img-{i}", int(label))).SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval")
+  model_dir = str(root / "model")
+  model_io.save_model(trained_tiny_model(), model_dir,
+                      {"num_classes": 2, "image_size": 32, "small_image": True})
+  images, labels = brightness_task(N, seed=3)
+  write_records(str(root / "data/test-00000.tfrecord"), images, labels)
+  return {"root": root, "model": model_dir, "data": str(root / "data/test-*"),
+          "images": images, "labels": labels}
+
+
+def run(setup, out: str, *args) -> dict:
+  """Parses the CLI flags in-process (as `python -m noisy_student.evaluate` would)."""
+  fv = flags.FlagValues()
+  ev.define_flags(fv)
+  fv(["evaluate", f"--model={setup['model']}", f"--output_dir={setup['root'] / out}",
+      *args])
+  ev.evaluate(ev.config_from_flags(fv))
+  out_dir = setup["root"] / out
+  assert (out_dir / "results.md").exists()
+  return json.loads((out_dir / "results.json").read_text())
+
+
+def test_clean(setup):
+  r = run(setup, "clean", "--suite=clean", f"--data_pattern={setup['data']}", "--per_class",
+          "--batch_size=10")  # 24 = 10 + 10 + 4 padded rows
+  assert r["suite"] == "clean" and r["count"] == N and r["failed_records"] == 0
+  assert r["top1"] > 0.9 and r["top5"] == 1.0
+  assert set(r["per_class_top1"]) == {"0", "1"}
+  assert (setup["root"] / "clean/per_class.png").exists()
+
+
+@pytest.mark.slow  # ~30 s of TensorFlow start-up; the flags are parsed in-process above.
+def test_clean_cli_subprocess(setup):
+  out = setup["root"] / "cli"
+  proc = subprocess.run(
+      [sys.executable, "-m", "noisy_student.evaluate", f"--model={setup['model']}",
+       "--suite=clean", f"--data_pattern={setup['data']}", f"--output_dir={out}",
+       "--max_examples=5"], capture_output=True, text=True, timeout=300,
+      cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "top-1 %" in proc.stdout
+  assert json.loads((out / "results.json").read_text())["count"] == 5
+
+
+def test_imagenet_a_style_subset(setup):
+  # With the subset {1}, every prediction is class 1: top-1 = the share of label 1.
+  r = run(setup, "subset", "--suite=imagenet_a", f"--data_pattern={setup['data']}",
+          "--class_subset=1")
+  assert r["class_subset"] == [1]
+  assert r["top1"] == pytest.approx(np.mean(setup["labels"] == 1))
+
+
+def test_imagenet_a_folder_with_subset_labels(setup):
+  # A folder tree with one class folder per subset class: folder i is class subset[i].
+  root = setup["root"] / "folder_a"
+  for i, (image, label) in enumerate(zip(setup["images"], setup["labels"])):
+    if label == 1:
+      (root / "only_class").mkdir(parents=True, exist_ok=True)
+      (root / "only_class" / f"{i}.png").write_bytes(_png(image))
+  r = run(setup, "subset_folder", "--suite=imagenet_a", f"--image_folder={root}",
+          "--class_subset=1")
+  assert r["count"] == int(np.sum(setup["labels"] == 1)) and r["top1"] == 1.0
+
+
+def test_imagenet_a_needs_a_subset_for_small_models(setup):
+  with pytest.raises(ValueError, match="class_subset"):
+    run(setup, "subset_missing", "--suite=imagenet_a", f"--data_pattern={setup['data']}")
+
+
+@pytest.fixture(scope="module")
+def corrupted(setup):
+  pytest.importorskip("imagecorruptions")
+  from data import make_corrupted as mc
+  out = str(setup["root"] / "data-c")
+  mc.make_corrupted(mc.CorruptConfig(
+      input_pattern=setup["data"], output_dir=out, corruptions=("gaussian_noise", "brightness"),
+      severities=(1, 5)))
+  return out
+
+
+def test_corruptions_with_and_without_baseline(setup, corrupted):
+  common = ["--suite=corruptions", "--corruptions=gaussian_noise,brightness",
+            "--severities=1,5", f"--data_pattern={setup['data']}",
+            f"--corruption_pattern={corrupted}/{{corruption}}/{{severity}}/*.tfrecord"]
+  teacher = run(setup, "c_teacher", *common)
+  assert teacher["normalization"]["by"] == "none" and "mce" not in teacher
+  assert set(teacher["errors"]) == {"gaussian_noise", "brightness"}
+  assert teacher["counts"]["brightness"]["5"] == N
+  # The model classifies by brightness: the brightness corruption breaks it, more so at
+  # severity 5; zero-mean noise barely matters.
+  assert teacher["errors"]["brightness"]["5"] > max(teacher["errors"]["brightness"]["1"], 0.3)
+  assert teacher["errors"]["gaussian_noise"]["1"] < 0.2
+  assert (setup["root"] / "c_teacher/accuracy_vs_severity.png").exists()
+  baseline = str(setup["root"] / "c_teacher/results.json")
+  student = run(setup, "c_student", *common, f"--baseline_results={baseline}")
+  assert student["normalization"]["by"] == "baseline"
+  assert student["ce"]["brightness"] == pytest.approx(100.0)  # its own baseline
+  assert student["mce"] == pytest.approx(100.0)
+  assert student["relative_ce"]["brightness"] == pytest.approx(100.0)
+  if teacher["errors"]["gaussian_noise"]["1"] == teacher["errors"]["gaussian_noise"]["5"] == 0:
+    assert student["ce"]["gaussian_noise"] is None  # NaN: nothing to normalise by
+    assert student["unnormalised"] == ["gaussian_noise"]
+  text = (setup["root"] / "c_student/results.md").read_text()
+  assert "mCE: 100.00" in text and "baseline model" in text
+
+
+def test_corruptions_from_imagenet_c_folders(setup, corrupted):
+  # The same images laid out as ImageNet-C folders give the same errors.
+  import tensorflow as tf
+  root = setup["root"] / "imagenet-c"
+  for sev in (1, 5):
+    for raw in tf.data.TFRecordDataset(
+        tf.io.gfile.glob(f"{corrupted}/brightness/{sev}/*.tfrecord")).as_numpy_iterator():
+      feats = tf.train.Example.FromString(raw).features.feature
+      label = feats[schema.LABEL].int64_list.value[0]
+      path = root / "brightness" / str(sev) / f"class{label}"
+      path.mkdir(parents=True, exist_ok=True)
+      (path / (feats[schema.ID].bytes_list.value[0].decode() + ".png")).write_bytes(
+          feats[schema.ENCODED].bytes_list.value[0])
+  r = run(setup, "c_folders", "--suite=corruptions", "--corruptions=brightness",
+          "--severities=1,5", f"--corruption_root={root}")
+  tf_r = json.loads((setup["root"] / "c_teacher/results.json").read_text())
+  assert r["errors"]["brightness"] == pytest.approx(tf_r["errors"]["brightness"])
+
+
+def test_perturbations_with_baseline(setup):
+  common = ["--suite=perturbations", f"--data_pattern={setup['data']}", "--num_frames=3",
+            "--perturbations=gaussian_noise,brightness", "--max_examples=12",
+            "--batch_size=20"]  # 6 sequences of 3 frames per model call
+  first = run(setup, "p_teacher", *common)
+  assert first["count"] == 12
+  assert first["rule"] == {"gaussian_noise": "first frame", "brightness": "previous frame"}
+  assert all(0 <= v <= 1 for v in first["flip_probability"].values())
+  # A +-0.2 brightness sweep crosses this brightness classifier's boundary.
+  assert first["flip_probability"]["brightness"] > 0
+  assert first["normalization"]["by"] == "none"
+  baseline = str(setup["root"] / "p_teacher/results.json")
+  second = run(setup, "p_student", *common, f"--baseline_results={baseline}")
+  # Deterministic sequences: the same model flips exactly as often as its baseline.
+  assert second["flip_probability"] == first["flip_probability"]
+  assert second["fr"]["brightness"] == pytest.approx(100.0)
+  assert second["mfr"] == pytest.approx(100.0)
+  with pytest.raises(ValueError, match="num_frames"):
+    run(setup, "p_bad", *common[:2], "--num_frames=4", f"--baseline_results={baseline}")
+
+
+def test_adversarial(setup):
+  r = run(setup, "adv", "--suite=adversarial", f"--data_pattern={setup['data']}",
+          "--epsilons=0,8,32", "--pgd_steps=3", "--batch_size=16")
+  fgsm, pgd = r["accuracy"]["fgsm"], r["accuracy"]["pgd"]
+  assert fgsm["0"] == pgd["0"] > 0.9
+  assert fgsm["0"] >= fgsm["8"] >= fgsm["32"] and fgsm["32"] < 0.2
+  assert pgd["32"] <= fgsm["32"] + 1e-9
+  assert (setup["root"] / "adv/accuracy_vs_epsilon.png").exists()
+
+
+def test_config_errors(setup):
+  with pytest.raises(ValueError, match="data_pattern"):
+    ev.EvalConfig(model="m", suite="clean", output_dir="o")
+  with pytest.raises(ValueError, match="corruption_pattern"):
+    ev.EvalConfig(model="m", suite="corruptions", output_dir="o")
+  with pytest.raises(ValueError, match="separate --output_dir"):
+    run(setup, "clean", "--suite=adversarial", f"--data_pattern={setup['data']}")
