@@ -174,21 +174,38 @@ def _example_seed(seed: int, stream: int, record: dict) -> tf.Tensor:
                record["record"])
 
 
-def check_labels(label: tf.Tensor, num_classes: int, *, allow_unlabeled: bool = False,
-                 what: str = "label") -> tf.Tensor:
-  """`label` with assertions that it lies in [0, num_classes) (or is -1 if allowed)."""
-  low = schema.UNLABELED if allow_unlabeled else 0
+def check_labels(stored: tf.Tensor, num_classes: int, *, label_offset: int = 0,
+                 allow_unlabeled: bool = False, what: str = "label",
+                 unlabeled_error: str = "an unlabeled record in labeled data") -> tf.Tensor:
+  """The 0-based label `stored - label_offset` (-1 stays -1), asserted in [0, C).
+
+  Args:
+    stored: int32 label as stored in the record (-1: unlabeled).
+    num_classes: C.
+    label_offset: 1 for ImageNet TFRecords made by the TPU conversion script.
+    allow_unlabeled: whether -1 is acceptable (evaluation, labelling).
+    what / unlabeled_error: wording of the error messages.
+  """
+  unlabeled = tf.equal(stored, schema.UNLABELED)
+  label = tf.where(unlabeled, stored, stored - label_offset)
   checks = [
       tf.debugging.assert_greater_equal(
-          label, low, message=f"{what} < {low}: " + (
-              "negative label" if allow_unlabeled else
-              "an unlabeled record (label -1) in labeled data, or a wrong label_offset")),
+          tf.where(unlabeled, 0, label), 0, message=f"{what} minus label_offset="
+          f"{label_offset} is negative: wrong label_offset (0-based labels need 0)"),
       tf.debugging.assert_less(
           label, num_classes, message=f"{what} >= num_classes={num_classes}: wrong "
           "num_classes, or 1-based labels (ImageNet TPU TFRecords need label_offset=1)"),
   ]
+  if not allow_unlabeled:
+    checks.append(tf.debugging.assert_equal(
+        tf.reduce_any(unlabeled), False, message=f"{what} is -1: {unlabeled_error}"))
   with tf.control_dependencies(checks):
     return tf.identity(label)
+
+
+def _parse(serialized, **kwargs):
+  """`schema.parse_example` with the stored label (the offset is applied when checked)."""
+  return schema.parse_example(serialized, label_offset=0, **kwargs)
 
 
 def _options(deterministic: bool) -> tf.data.Options:
@@ -202,8 +219,8 @@ def _options(deterministic: bool) -> tf.data.Options:
 
 def _labeled_map(preprocess, num_classes, label_offset, seed):
   def fn(record):
-    parsed = schema.parse_example(record["serialized"], label_offset=label_offset)
-    label = check_labels(parsed["label"], num_classes)
+    parsed = _parse(record["serialized"])
+    label = check_labels(parsed["label"], num_classes, label_offset=label_offset)
     image = preprocess_image(parsed["encoded"], preprocess,
                              _example_seed(seed, _LABELED, record))
     return {"image": image, "label": label,
@@ -252,16 +269,17 @@ def train_dataset(file_pattern: str, *, global_batch_size: int,
 def _unlabeled_map(preprocess, clean_preprocess, num_classes, label_offset, seed,
                    label_type, pseudo_labels):
   def fn(record):
-    parsed = schema.parse_example(record["serialized"], label_offset=label_offset,
-                                  with_pseudo=pseudo_labels, num_classes=num_classes)
+    del label_offset  # Unlabeled rows carry no label; pseudo labels are 0-based.
+    parsed = _parse(record["serialized"], with_pseudo=pseudo_labels,
+                    num_classes=num_classes)
     out = {"image": preprocess_image(parsed["encoded"], preprocess,
                                      _example_seed(seed, _UNLABELED, record)),
            "label": tf.constant(schema.UNLABELED, tf.int32),
            "is_unlabeled": tf.constant(1.0)}
     if pseudo_labels:
-      pseudo = check_labels(parsed["pseudo_label"], num_classes, what=(
-          "pseudo/label (a record without pseudo labels? run noisy_student.label, or "
-          "use pseudo_labels=False for online mode)"))
+      pseudo = check_labels(parsed["pseudo_label"], num_classes, what="pseudo/label",
+                            unlabeled_error="a record without pseudo labels (run "
+                            "noisy_student.label, or pseudo_labels=False for online mode)")
       out["target"] = (parsed["pseudo_probs"] if label_type == "soft" else
                        tf.one_hot(pseudo, num_classes, dtype=tf.float32))
     else:
@@ -376,7 +394,7 @@ def _decode_records(records: tf.data.Dataset, full, fallback, chunk: int = _EVAL
       deterministic=True).unbatch()
 
 
-def _eval_element_fns(preprocess, num_classes, label_offset, keep_encoded, with_pseudo):
+def _eval_element_fns(preprocess, num_classes, keep_encoded, with_pseudo):
   """(parse+decode, lenient fallback, constant fallback) for one serialized record."""
   size = preprocess.image_size
 
@@ -396,8 +414,8 @@ def _eval_element_fns(preprocess, num_classes, label_offset, keep_encoded, with_
     return out
 
   def parse(serialized, **kwargs):
-    return schema.parse_example(serialized, label_offset=label_offset,
-                                with_hidden_label=True, **kwargs)
+    return schema.parse_example(serialized, label_offset=0, with_hidden_label=True,
+                                **kwargs)
 
   def full(serialized):
     parsed = parse(serialized, with_pseudo=with_pseudo, num_classes=num_classes)
@@ -485,11 +503,14 @@ def eval_dataset(file_pattern: str, *, global_batch_size: int,
                         input_context.num_input_pipelines)
   batch = _per_replica(global_batch_size, input_context)
   full, lenient, constant = _eval_element_fns(preprocess.for_eval(), num_classes,
-                                              label_offset, keep_encoded, with_pseudo)
+                                              keep_encoded, with_pseudo)
   ds = tf.data.TFRecordDataset(tf.constant(files, tf.string))
   ds = _decode_records(ds, full, _try(lenient, _try(constant)))
-  ds = ds.map(lambda x: dict(x, label=check_labels(x["label"], num_classes,
-                                                   allow_unlabeled=True)))
+  ds = ds.map(lambda x: dict(
+      x, label=check_labels(x["label"], num_classes, label_offset=label_offset,
+                            allow_unlabeled=True),
+      hidden_label=check_labels(x["hidden_label"], num_classes, label_offset=label_offset,
+                                allow_unlabeled=True, what="hidden_label")))
   ds = ds.batch(batch).map(lambda b: _pad_batch(b, batch))
   if num_batches is not None:
     ds = _pad_to_batches(ds, num_batches)
