@@ -39,6 +39,22 @@ def _set_normalization(layer, mean, variance):
   layer.finalize_state()
 
 
+@pytest.fixture(scope="module")
+def keras_b0():
+  """One randomised keras.applications B0 (10 classes) shared by the tests: builds are slow."""
+  return _keras_model("efficientnet-b0", classes=10)
+
+
+@pytest.fixture
+def published_normalization(keras_b0):
+  """keras_b0 with the published checkpoints' normalisation (variance = std), restored after."""
+  norm = [l for l in keras_b0.layers if isinstance(l, keras.layers.Normalization)][0]
+  saved = [keras.ops.convert_to_numpy(v) for v in (norm.adapt_mean, norm.adapt_variance)]
+  _set_normalization(norm, IMAGENET_MEAN, IMAGENET_STD)
+  yield norm
+  _set_normalization(norm, *saved)
+
+
 def _images(n=2, seed=1):
   return np.random.RandomState(seed).uniform(0, 255, (n, SIZE, SIZE, 3)).astype("float32")
 
@@ -55,26 +71,32 @@ def _assert_same_outputs(ours, theirs, x):
   np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_import_b0_from_model():
-  theirs = _keras_model("efficientnet-b0")
-  ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0"), theirs)
-  _assert_same_outputs(ours, theirs, _images())
+def test_import_b0_from_model(keras_b0):
+  ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), keras_b0)
+  _assert_same_outputs(ours, keras_b0, _images())
 
 
-def test_import_b0_from_weights_file(tmp_path):
-  theirs = _keras_model("efficientnet-b0", classes=10)
-  path = str(tmp_path / "b0.weights.h5")
-  theirs.save_weights(path)
+@pytest.mark.parametrize("file_format", ["keras3", "legacy"])
+def test_import_b0_from_weights_file(tmp_path, file_format, keras_b0):
+  theirs = keras_b0
+  if file_format == "keras3":
+    path = str(tmp_path / "b0.weights.h5")
+    theirs.save_weights(path)
+  else:  # The layout of the files Keras publishes (efficientnetb0.h5).
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+    path = str(tmp_path / "b0.h5")
+    with h5py.File(path, "w") as f:
+      legacy_h5_format.save_weights_to_hdf5_group(f, theirs)
   ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), path)
   _assert_same_outputs(ours, theirs, _images())
 
 
-def test_published_checkpoint_normalisation_is_corrected(tmp_path):
+def test_published_checkpoint_normalisation_is_corrected(
+    tmp_path, keras_b0, published_normalization):
   # Published files store the std as the variance; weights="imagenet" divides by
   # sqrt(std) once more, i.e. computes (x / 255 - mean) / std. So must we.
-  theirs = _keras_model("efficientnet-b0", classes=10)
-  norm = [l for l in theirs.layers if isinstance(l, keras.layers.Normalization)][0]
-  _set_normalization(norm, IMAGENET_MEAN, IMAGENET_STD)
+  theirs, norm = keras_b0, published_normalization
   path = str(tmp_path / "published.weights.h5")
   theirs.save_weights(path)
   ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), path)
@@ -85,17 +107,16 @@ def test_published_checkpoint_normalisation_is_corrected(tmp_path):
   _assert_same_outputs(ours, theirs, _images())
 
 
-def test_uncorrected_published_normalisation_in_a_model_warns():
-  theirs = _keras_model("efficientnet-b0", classes=10)
-  norm = [l for l in theirs.layers if isinstance(l, keras.layers.Normalization)][0]
-  _set_normalization(norm, IMAGENET_MEAN, IMAGENET_STD)
+def test_uncorrected_published_normalisation_in_a_model_warns(
+    keras_b0, published_normalization):
+  theirs = keras_b0
   with pytest.warns(UserWarning, match="correcting Rescaling"):
     ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), theirs)
   _assert_same_outputs(ours, theirs, _images())  # Still reproduces the source as it is.
 
 
-def test_head_can_be_skipped_for_other_class_counts():
-  theirs = _keras_model("efficientnet-b0", classes=1000)
+def test_head_can_be_skipped_for_other_class_counts(keras_b0):
+  theirs = keras_b0
   ours = _ours("efficientnet-b0", 7)
   with pytest.raises(ValueError, match="include_head=False"):
     efficientnet.load_keras_applications_weights(ours, theirs)
