@@ -226,23 +226,32 @@ def _affine(image: tf.Tensor, matrix, fill_value) -> tf.Tensor:
     [H, W, 3] uint8.
   """
   a, b, c, d, e, f = [tf.cast(v, tf.float64) for v in matrix]
-  coef = tf.cast(tf.stack([a, b, c + 0.5 * (a + b), d, e, f + 0.5 * (d + e)]), tf.float32)
   height, width = tf.shape(image)[0], tf.shape(image)[1]
-  # One gather of whole pixels through an index map is ~3x faster here than
-  # ImageProjectiveTransformV3, which recomputes the map for every channel.
-  flat = tf.range(height * width)
-  xs = tf.cast(flat % width, tf.float32)
-  ys = tf.cast(flat // width, tf.float32)
-  u = tf.floor(coef[0] * xs + (coef[1] * ys + coef[2]))
-  v = tf.floor(coef[3] * xs + (coef[4] * ys + coef[5]))
-  inside = ((u >= 0.0) & (u < tf.cast(width, tf.float32)) &
-            (v >= 0.0) & (v < tf.cast(height, tf.float32)))
-  # Out-of-image samples read one extra "fill" pixel appended after the image.
-  source = _select(inside, tf.cast(v, tf.int32) * width + tf.cast(u, tf.int32),
-                   tf.fill(tf.shape(flat), height * width))
+  # Sample at output pixel centres (x + .5, y + .5), shifted by +1 so that truncation
+  # toward zero (a cast) equals floor for every sample that can land inside the image.
+  c = c + 0.5 * (a + b) + 1.0
+  f = f + 0.5 * (d + e) + 1.0
+  xs = tf.range(tf.cast(width, tf.float64))[None, :]  # [1, W]
+  ys = tf.range(tf.cast(height, tf.float32))[:, None]  # [H, 1]
+  # u[y, x] = (a x + c) + b y as one [H, 2] x [2, W] matmul: a handful of whole-map ops
+  # instead of a dozen elementwise ones over H * W coordinates.
+  rows = tf.concat([tf.ones_like(ys), ys], axis=1)
+  def coordinate(slope_x, offset, slope_y):
+    cols = tf.concat([tf.cast(slope_x * xs + offset, tf.float32),
+                      tf.fill(tf.shape(xs), tf.cast(slope_y, tf.float32))], axis=0)
+    index = tf.cast(tf.matmul(rows, cols), tf.int32) - 1  # floor of the unshifted map
+    return index, tf.bitcast(index, tf.uint32)  # negatives become huge: one comparison
+  u, u_unsigned = coordinate(a, c, b)
+  v, v_unsigned = coordinate(d, f, e)
+  inside = ((u_unsigned < tf.cast(width, tf.uint32)) &
+            (v_unsigned < tf.cast(height, tf.uint32)))
+  # One gather of whole pixels through an index map is several times faster here than
+  # ImageProjectiveTransformV3, which recomputes the map for every channel. Samples
+  # outside the image read one extra "fill" pixel appended after it.
+  source = _select(inside, v * width + u, tf.fill(tf.shape(u), height * width))
   fill = tf.fill([1, 3], tf.cast(fill_value, tf.uint8))
   pixels = tf.concat([tf.reshape(image, [-1, 3]), fill], axis=0)
-  return tf.reshape(tf.gather(pixels, source), tf.shape(image))
+  return tf.gather(pixels, source)  # [H, W, 3]
 
 
 def rotate(image: tf.Tensor, degrees, fill_value=128) -> tf.Tensor:
@@ -292,6 +301,7 @@ def translate_y(image: tf.Tensor, pixels, fill_value=128) -> tf.Tensor:
   return _shift(image, pixels, 0, fill_value)
 
 
+@tf.autograph.experimental.do_not_convert
 def cutout(image: tf.Tensor, pad_size, *, seed=None, fill_value=128) -> tf.Tensor:
   """Fills a (2 pad_size)^2 square, clipped at the borders, with `fill_value`.
 
@@ -381,6 +391,7 @@ def _check_image(image) -> tf.Tensor:
   return image
 
 
+@tf.autograph.experimental.do_not_convert
 def apply_op(image, op_name: str, magnitude, *, sign=1, translate_const=100,
              cutout_const=40, fill_value=128, seed=None) -> tf.Tensor:
   """Applies one named op at magnitude M, with no randomness beyond the arguments.
@@ -404,6 +415,22 @@ def apply_op(image, op_name: str, magnitude, *, sign=1, translate_const=100,
   return NAME_TO_OP[op_name](image, *args, **kwargs)
 
 
+# One traced graph per process and static image shape for a layer, whatever the
+# magnitude, constants or caller (they are tensor arguments): tracing the 16 branches is
+# the slow part of building a pipeline (seconds). A static shape lets grappler fold the
+# shape-only work (coordinate grids, channel offsets, masks) into constants.
+@tf.function(autograph=False)
+def _layer(image, op_index, sign, cutout_seed, magnitude, translate_const, cutout_const,
+           fill_value):
+  """Applies OP_NAMES[op_index]; tf.switch_case runs only the selected branch."""
+  def branch(op_name):
+    return lambda: apply_op(image, op_name, magnitude, sign=sign,
+                            translate_const=translate_const, cutout_const=cutout_const,
+                            fill_value=fill_value, seed=cutout_seed)
+  return tf.switch_case(op_index, [branch(name) for name in OP_NAMES])
+
+
+@tf.autograph.experimental.do_not_convert  # no Python control flow on tensors; saves seconds
 def randaugment(image, num_layers: int = 2, magnitude=10, *, seed=None,
                 translate_const=100, cutout_const=40, fill_value=128) -> tf.Tensor:
   """RandAugment(N=num_layers, M=magnitude) on one image.
@@ -414,7 +441,7 @@ def randaugment(image, num_layers: int = 2, magnitude=10, *, seed=None,
   Args:
     image: [H, W, 3] uint8; static height/width may be unknown.
     num_layers: N, the number of ops applied in sequence (Python int).
-    magnitude: M on the official scale (paper: 27).
+    magnitude: M on the official scale (paper: 27); float or scalar tensor.
     seed: None (stateful random ops) or a shape [2] int32/int64 tensor: the same seed
       gives the same output, eagerly, in `tf.function` and in a parallel `Dataset.map`.
     translate_const: pixels TranslateX/Y move at M = 10 (ImageNet 100; 32x32: size // 8).
@@ -425,9 +452,13 @@ def randaugment(image, num_layers: int = 2, magnitude=10, *, seed=None,
     [H, W, 3] uint8, same shape as `image`.
   """
   image = _check_image(image)
+  static_shape = image.shape
   if seed is None:
     # One stateful draw, then the stateless path: a single code path for both modes.
     seed = tf.random.uniform([2], minval=-(2**31), maxval=2**31 - 1, dtype=tf.int32)
+  seed = tf.cast(seed, tf.int64)
+  constants = [tf.cast(v, tf.float64)
+               for v in (magnitude, translate_const, cutout_const, fill_value)]
   layer_seeds = tf.random.experimental.stateless_split(seed, num=max(num_layers, 1))
   for layer in range(num_layers):
     op_seed, sign_seed, cutout_seed = tf.unstack(
@@ -436,11 +467,5 @@ def randaugment(image, num_layers: int = 2, magnitude=10, *, seed=None,
         [], op_seed, minval=0, maxval=len(OP_NAMES), dtype=tf.int32)
     sign = 2 * tf.random.stateless_uniform(
         [], sign_seed, minval=0, maxval=2, dtype=tf.int32) - 1
-
-    def branch(op_name, image=image, sign=sign, cutout_seed=cutout_seed):
-      return lambda: apply_op(image, op_name, magnitude, sign=sign,
-                              translate_const=translate_const, cutout_const=cutout_const,
-                              fill_value=fill_value, seed=cutout_seed)
-
-    image = tf.switch_case(op_index, [branch(name) for name in OP_NAMES])
-  return image
+    image = _layer(image, op_index, sign, cutout_seed, *constants)
+  return tf.ensure_shape(image, static_shape)
