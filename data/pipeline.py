@@ -28,14 +28,15 @@ API (keys of each element):
 
   eval_dataset(file_pattern, *, global_batch_size, preprocess, num_classes,
                input_context=None, label_offset=0, keep_encoded=False, with_pseudo=False,
-               num_batches=None)
+               num_batches=None, files=None)
       finite; every record exactly once, in file order, eval preprocessing, fixed batch
       shape (the last batch is padded): {"image", "label" int32 [b] (-1: unlabeled or
       padding), "hidden_label" int32 [b], "id" string [b], "mask" float32 [b] (1: a real
       row, 0: padding), "ok" float32 [b] (0: the record could not be parsed or its image
       decoded; the row holds a zero image and is NOT dropped, so callers count it)},
       + "encoded" string [b] (the untouched bytes) with keep_encoded, + "pseudo_probs"
-      [b, C], "pseudo_label", "pseudo_confidence" with with_pseudo.
+      [b, C], "pseudo_label", "pseudo_confidence" with with_pseudo. `files` (e.g. a
+      labelling job's `shard_files(...)`) replaces the pattern's file list.
 
   shard_files(files, shard_index, num_shards) -> the files of one job/pipeline.
   num_eval_batches(file_pattern, *, global_batch_size, input_context=None) -> the batch

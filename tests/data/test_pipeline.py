@@ -306,3 +306,11 @@ def test_labeled_unlabeled_per_replica_and_errors(data_dir):
   only_labeled = pipeline.labeled_unlabeled_dataset(
       str(data_dir / "train-*"), None, **dict(kwargs, unlabeled_ratio=0))
   assert _take(only_labeled, 1)[0]["image"].shape == (4, 8, 8, 3)
+
+
+def test_eval_of_an_explicit_empty_file_list_gives_only_padding():
+  kwargs = dict(files=[], global_batch_size=4, preprocess=EVAL, num_classes=C)
+  assert list(pipeline.eval_dataset("unused", **kwargs)) == []
+  batches = list(pipeline.eval_dataset("unused", num_batches=2, **kwargs))
+  assert len(batches) == 2 and not any(b["mask"].numpy().any() for b in batches)
+  assert batches[0]["label"].numpy().tolist() == [-1] * 4
