@@ -22,6 +22,7 @@ the break and the rest is listed as one corrupt entry.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import queue
 import threading
@@ -129,44 +130,101 @@ def _record_id(serialized: bytes) -> str:
 
 
 @dataclasses.dataclass
-class FileResult:
-  """What labelling one file produced (becomes its `_files/*.json`)."""
-  histogram: np.ndarray
-  num_images: int = 0
-  corrupt: list = dataclasses.field(default_factory=list)
+class FileJob:
+  """One input file of this shard.
+
+  Attributes:
+    source: the input file (as reported in stats).
+    read: the file actually read: `source`, or a copy of its readable prefix when its
+      TFRecord framing is broken.
+    out: the output TFRecord; done: its `_files/*.json` (written last).
+    tail_error: for a broken file, the corrupt entry covering the unreadable rest.
+  """
+  source: str
+  read: str
+  out: str
+  done: str
+  tail_error: dict | None = None
 
 
 class _Sink:
-  """Consumes (probs, mask, ok, raw records) batches: writes records, fills the stats.
+  """Writes labelled records file by file and fills each file's stats.
 
-  Runs in a background thread so that serialising overlaps the next forward pass.
+  Consumes (probs, ok, [(job index, serialized)]) batches in stream order, in a
+  background thread so that serialising overlaps the next forward pass. A file is
+  finished (renamed into place, then its `_files/*.json` written) as soon as a record of
+  a later file arrives, or at `close()`.
   """
 
-  def __init__(self, writer, source: str, num_classes: int, storage: str, top_k: int):
-    self._writer, self._source = writer, source
-    self._storage, self._top_k = storage, top_k
-    self.result = FileResult(selection.new_histogram(num_classes))
-    self._index = 0
+  def __init__(self, jobs: list[FileJob], num_classes: int, cfg: "LabelConfig",
+               settings: dict, after_file=None):
+    self._jobs, self._num_classes, self._cfg = jobs, num_classes, cfg
+    self._settings, self._after_file = settings, after_file
+    self._current = -1
+    self._atomic = self._writer = None
 
-  def consume(self, probs, mask, ok, raw) -> int:
-    real = np.flatnonzero(mask > 0)
-    if len(real) != len(raw):
-      raise RuntimeError(f"{self._source}: {len(raw)} raw records but {len(real)} "
-                         "pipeline rows: eval_dataset lost file order")
-    good = real[ok[real] > 0]
-    for row, serialized in zip(real, raw):
-      if ok[row] > 0:
-        self._writer.write(with_pseudo_label(serialized, probs[row], storage=self._storage,
-                                             top_k=self._top_k))
+  def _open(self, k: int) -> None:
+    self._current = k
+    self._atomic = fileio.atomic_path(self._jobs[k].out)
+    self._writer = tf.io.TFRecordWriter(self._atomic.__enter__())
+    self._hist = selection.new_histogram(self._num_classes)
+    self._images, self._index, self._corrupt = 0, 0, []
+    self._start = time.time()
+
+  def _finish(self) -> None:
+    job = self._jobs[self._current]
+    self._writer.close()
+    self._atomic.__exit__(None, None, None)      # Renames the output into place.
+    self._atomic = None
+    if job.tail_error:
+      self._corrupt.append(job.tail_error)
+    fileio.write_json_atomic(job.done, {
+        "input": job.source, "output": os.path.basename(job.out),
+        "settings": self._settings, "num_images": self._images,
+        "num_corrupt": len(self._corrupt), "corrupt": self._corrupt,
+        "seconds": round(time.time() - self._start, 3),
+        "histogram_sparse": _sparse(self._hist)})
+    if self._corrupt:
+      print(f"{job.source}: {len(self._corrupt)} corrupt record(s), listed in {job.done}")
+    if self._after_file is not None:
+      self._after_file(job.out)
+
+  def _advance(self, k: int) -> None:
+    while self._current < k:
+      if self._current >= 0:
+        self._finish()
+      self._open(self._current + 1)
+
+  def consume(self, probs: np.ndarray, ok: np.ndarray, rows: list) -> int:
+    """probs: [n, C] float32; ok: [n]; rows: n (job index, serialized record)."""
+    cfg = self._cfg
+    for (k, serialized), p, good in zip(rows, probs, ok):
+      self._advance(k)
+      if good > 0:
+        self._writer.write(with_pseudo_label(serialized, p, storage=cfg.storage,
+                                             top_k=cfg.soft_label_top_k))
+        selection.accumulate(self._hist, [p.argmax()], [p.max()])
+        self._images += 1
       else:
-        self.result.corrupt.append({
-            "file": self._source, "index": self._index, "id": _record_id(serialized),
+        self._corrupt.append({
+            "file": self._jobs[k].source, "index": self._index,
+            "id": _record_id(serialized),
             "error": "not a tf.train.Example, or its image does not decode"})
       self._index += 1
-    q = probs[good]
-    selection.accumulate(self.result.histogram, q.argmax(axis=1), q.max(axis=1))
-    self.result.num_images += len(good)
-    return len(real)
+    return len(rows)
+
+  def close(self) -> None:
+    """Finishes the current file and every remaining (record-less) one."""
+    self._advance(len(self._jobs) - 1)
+    if self._current >= 0:
+      self._finish()
+
+  def abort(self) -> None:
+    """Drops the unfinished output (finished files stay)."""
+    if self._atomic is not None:
+      self._writer.close()
+      self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+      self._atomic = None
 
 
 # --------------------------------------------------------------------------- teacher
@@ -219,91 +277,121 @@ def _local(strategy, value) -> np.ndarray:
   return np.concatenate([t.numpy() for t in strategy.experimental_local_results(value)])
 
 
-# --------------------------------------------------------------------------- one file
+# --------------------------------------------------------------------------- streaming
 
 
-def _numeric_batches(path, teacher: Teacher, batch_size: int, label_offset: int):
-  """The file's eval batches, without strings (TPU-friendly), distributed."""
-  ds = pipeline.eval_dataset(path, files=[path], global_batch_size=batch_size,
+def _numeric_batches(files: list[str], teacher: Teacher, cfg: "LabelConfig"):
+  """Eval batches of `files` in order, without strings (TPU-friendly), distributed."""
+  ds = pipeline.eval_dataset(files[0], files=files, global_batch_size=cfg.batch_size,
                              preprocess=teacher.preprocess(),
-                             num_classes=teacher.num_classes, label_offset=label_offset)
+                             num_classes=teacher.num_classes, label_offset=cfg.label_offset)
   ds = ds.map(lambda b: {"image": b["image"], "mask": b["mask"], "ok": b["ok"]})
   return teacher.strategy.experimental_distribute_dataset(ds)
 
 
-def _run_file(path: str, out_tmp: str, teacher: Teacher, cfg: LabelConfig,
-              progress) -> FileResult:
-  """Labels every record of `path` into `out_tmp`; raises DataLossError on framing."""
-  raw_batches = tf.data.TFRecordDataset(path).batch(cfg.batch_size).as_numpy_iterator()
+def _raw_records(jobs: list[FileJob]):
+  """(job index, serialized record) of every record, in the pipeline's order."""
+  for k, job in enumerate(jobs):
+    for chunk in tf.data.TFRecordDataset(job.read).batch(1024).as_numpy_iterator():
+      for record in chunk:
+        yield k, record
+
+
+def label_files(jobs: list[FileJob], teacher: Teacher, cfg: "LabelConfig", settings: dict,
+                progress, after_file=None) -> None:
+  """Labels `jobs` through ONE eval pipeline (built once: it is slow to build).
+
+  The pipeline's rows are matched to the raw records read alongside, in order, so each
+  output keeps the exact source record. Raises tf.errors.DataLossError on broken TFRecord
+  framing; files finished before that stay finished.
+  """
+  if not jobs:
+    return
+  sink = _Sink(jobs, teacher.num_classes, cfg, settings, after_file)
+  raw = _raw_records(jobs)
   work: queue.Queue = queue.Queue(maxsize=4)
-  with tf.io.TFRecordWriter(out_tmp) as writer:
-    sink = _Sink(writer, path, teacher.num_classes, cfg.storage, cfg.soft_label_top_k)
-    errors = []
+  errors = []
 
-    def drain():
-      while (item := work.get()) is not None:
-        if not errors:
-          try:
-            progress(sink.consume(*item))
-          except BaseException as e:  # noqa: BLE001  Re-raised in the main thread.
-            errors.append(e)
+  def drain():
+    while (item := work.get()) is not None:
+      if not errors:
+        try:
+          progress(sink.consume(*item))
+        except BaseException as e:  # noqa: BLE001  Re-raised in the main thread.
+          errors.append(e)
+    if not errors:
+      try:
+        sink.close()
+      except BaseException as e:  # noqa: BLE001
+        errors.append(e)
 
-    thread = threading.Thread(target=drain, daemon=True)
-    thread.start()
-    try:
-      for batch in _numeric_batches(path, teacher, cfg.batch_size, cfg.label_offset):
-        probs = teacher(batch)
-        mask = _local(teacher.strategy, batch["mask"])
-        ok = _local(teacher.strategy, batch["ok"])
-        raw = next(raw_batches) if mask.sum() > 0 else []
-        work.put((probs, mask, ok, list(raw)))
-        if errors:
-          break
-    finally:
-      work.put(None)
-      thread.join()
+  thread = threading.Thread(target=drain, daemon=True)
+  thread.start()
+  try:
+    for batch in _numeric_batches([j.read for j in jobs], teacher, cfg):
+      probs = teacher(batch)
+      real = _local(teacher.strategy, batch["mask"]) > 0
+      rows = list(itertools.islice(raw, int(real.sum())))
+      if len(rows) != real.sum():
+        raise RuntimeError("the eval pipeline yielded more rows than the files hold")
+      work.put((probs[real], _local(teacher.strategy, batch["ok"])[real], rows))
+      if errors:
+        break
+    else:
+      if next(raw, None) is not None:
+        raise RuntimeError("the eval pipeline yielded fewer rows than the files hold")
+  except BaseException:
+    errors.append(None)  # Stop the sink without finishing the current file.
+    raise
+  finally:
+    work.put(None)
+    thread.join()
     if errors:
-      raise errors[0]
-  return sink.result
+      sink.abort()
+  if errors:
+    raise errors[0]
 
 
 def _readable_prefix(path: str) -> tuple[int, str]:
-  """(records before the first framing error, the error message)."""
-  n, message = 0, ""
+  """(records before the first framing error, the error message; "" if none)."""
+  n = 0
   try:
     for _ in tf.data.TFRecordDataset(path):
       n += 1
   except tf.errors.DataLossError as e:
-    message = e.message.splitlines()[0]
-  return n, message
+    return n, e.message.splitlines()[0]
+  return n, ""
 
 
-def label_file(path: str, out_path: str, teacher: Teacher, cfg: LabelConfig,
-               progress) -> FileResult:
-  """Labels one input file into `out_path` (atomically); returns its stats."""
-  with fileio.atomic_path(out_path) as tmp:
-    try:
-      return _run_file(path, tmp, teacher, cfg, progress)
-    except tf.errors.DataLossError:
-      pass
-  # Broken framing: label the readable prefix (copied aside), list the rest as corrupt.
-  n, message = _readable_prefix(path)
-  prefix = os.path.join(os.path.dirname(out_path),
-                        f"{fileio.TMP_MARK}prefix-{os.path.basename(out_path)}")
+def _use_readable_prefix(job: FileJob) -> FileJob:
+  """`job`, reading a copy of its readable prefix if its framing is broken."""
+  n, message = _readable_prefix(job.source)
+  if not message:
+    return job
+  prefix = os.path.join(os.path.dirname(job.out),
+                        f"{fileio.TMP_MARK}prefix-{os.path.basename(job.out)}")
+  with tf.io.TFRecordWriter(prefix) as w:
+    for record in tf.data.TFRecordDataset(job.source).take(n):
+      w.write(record.numpy())
+  return dataclasses.replace(job, read=prefix, tail_error={
+      "file": job.source, "index": n, "id": "",
+      "error": f"unreadable from here to the end of the file: {message}"})
+
+
+def label_files_resilient(jobs, teacher, cfg, settings, progress, after_file=None):
+  """`label_files`; on broken framing, relabels the unfinished files, each broken one
+  up to its break (the rest is listed as one corrupt entry)."""
   try:
-    with tf.io.TFRecordWriter(prefix) as w:
-      for record in tf.data.TFRecordDataset(path).take(n):
-        w.write(record.numpy())
-    with fileio.atomic_path(out_path) as tmp:
-      result = _run_file(prefix, tmp, teacher, cfg, progress)
+    return label_files(jobs, teacher, cfg, settings, progress, after_file)
+  except tf.errors.DataLossError:
+    pass
+  remaining = [_use_readable_prefix(j) for j in jobs if not tf.io.gfile.exists(j.done)]
+  try:
+    label_files(remaining, teacher, cfg, settings, progress, after_file)
   finally:
-    if tf.io.gfile.exists(prefix):
-      tf.io.gfile.remove(prefix)
-  for entry in result.corrupt:
-    entry["file"] = path
-  result.corrupt.append({"file": path, "index": n, "id": "",
-                         "error": f"unreadable from here to the end of the file: {message}"})
-  return result
+    for job in remaining:
+      if job.read != job.source:
+        tf.io.gfile.remove(job.read)
 
 
 # --------------------------------------------------------------------------- a shard
@@ -393,21 +481,11 @@ def run_labeling(cfg: LabelConfig, strategy: tf.distribute.Strategy | None = Non
 
 def _label_files(todo, teacher, cfg, settings, after_file) -> None:
   from tqdm import tqdm
+  jobs = [FileJob(source=path, read=path, out=os.path.join(cfg.output_dir, name),
+                  done=done_path) for path, name, done_path in todo]
   with tqdm(unit="img", unit_scale=True, mininterval=2.0, smoothing=0.05,
             desc=f"label {cfg.shard_index}/{cfg.num_shards}") as bar:
-    for path, name, done_path in todo:
-      start = time.time()
-      out_path = os.path.join(cfg.output_dir, name)
-      result = label_file(path, out_path, teacher, cfg, bar.update)
-      fileio.write_json_atomic(done_path, {
-          "input": path, "output": name, "settings": settings,
-          "num_images": result.num_images, "num_corrupt": len(result.corrupt),
-          "corrupt": result.corrupt, "seconds": round(time.time() - start, 3),
-          "histogram_sparse": _sparse(result.histogram)})
-      if result.corrupt:
-        bar.write(f"{path}: {len(result.corrupt)} corrupt record(s), listed in {done_path}")
-      if after_file is not None:
-        after_file(out_path)
+    label_files_resilient(jobs, teacher, cfg, settings, bar.update, after_file)
 
 
 def _write_shard_stats(cfg, settings, num_classes, mine, done_paths) -> dict:
