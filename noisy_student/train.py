@@ -1,0 +1,230 @@
+r"""Trains a Noisy Student teacher or student (paper Sec. 2-3, Algorithm 1 steps 1 and 3).
+
+  python -m noisy_student.train --flagfile=flags/svhn_teacher.flags --model_dir=runs/t
+
+A teacher trains on labeled data only. A student also gets U = ceil(r * B) pseudo-labeled
+images per batch of B labeled ones: offline (default) from TFRecords written by
+`noisy_student.label` / `noisy_student.select` (--unlabeled_pattern), or online from a
+frozen teacher (--teacher=MODEL_DIR) that labels clean copies in-graph. Restarting the
+same command resumes from the last checkpoint in --model_dir. See README "Training".
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from absl import app
+from absl import flags
+
+import efficientnet
+from data import fileio
+from data import pipeline
+from noisy_student import losses
+from noisy_student import optimization
+from noisy_student import strategy as strategy_lib
+from noisy_student import task as task_lib
+from noisy_student import trainer as trainer_lib
+
+AUGMENTS = ["randaugment", "standard", "none"]
+FLAG_NAMES: list[str] = []  # Filled by define_flags.
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
+  """Defines the trainer's flags on `flag_values` (tests use a fresh FlagValues)."""
+  def define(kind: str):
+    def fn(name, default, *args):
+      if name not in FLAG_NAMES:
+        FLAG_NAMES.append(name)
+      getattr(flags, f"DEFINE_{kind}")(name, default, *args, flag_values=flag_values)
+    return fn
+  string, enum, integer, real, boolean = (
+      define(k) for k in ("string", "enum", "integer", "float", "bool"))
+
+  # Output and run.
+  string("model_dir", None, "Output directory; rerunning resumes from it.")
+  enum("strategy", "auto", list(strategy_lib.STRATEGIES),
+       "tf.distribute strategy; auto: TPU if reachable, else all GPUs, else the "
+       "multi-worker cluster in TF_CONFIG, else the CPU.")
+  string("tpu", None, "TPU name or grpc:// address (implies --strategy=tpu under "
+         "auto); 'local' on a TPU VM.")
+  enum("precision", "float32", list(trainer_lib.PRECISIONS),
+       "bfloat16 (TPU) or float16 (GPU, with dynamic loss scaling) mixed precision; "
+       "logits, losses and variables stay float32.")
+  integer("steps_per_loop", 100, "Steps per host call (and per progress line).")
+  integer("checkpoint_every_steps", 1000, "Checkpoint period (and at the end).")
+  integer("keep_checkpoints", 5, "Checkpoints kept.")
+  integer("eval_every_steps", 0, "Evaluation period (EMA weights); 0: at the end only.")
+  integer("max_eval_batches", 0, "Evaluate on at most this many batches (0: all).")
+  enum("data_position", "skip", list(trainer_lib.DATA_POSITIONS),
+       "Where a resumed run restarts its input: 'skip' replays it and drops the "
+       "consumed batches (exact with --deterministic; redoes their preprocessing); "
+       "'epoch' restarts at the labeled epoch in progress (cheap; ImageNet-size data).")
+  integer("seed", 0, "Seed of weights, noise and input order.")
+  boolean("deterministic", False,
+          "TF op determinism and a fixed input order (bit-reproducible; slower).")
+
+  # Model.
+  string("model_name", "efficientnet-b0", "efficientnet-b0 .. b8, efficientnet-l2.")
+  real("width_coefficient", None, "Overrides the variant's width.")
+  real("depth_coefficient", None, "Overrides the variant's depth.")
+  boolean("small_image", False, "32x32 variant (block groups 2, 3 with stride 1).")
+  integer("image_size", 0, "Training input size; 0: the variant's training size.")
+  integer("eval_image_size", 0, "Evaluation / export input size; 0: --image_size.")
+  integer("num_classes", 1000, "Number of classes.")
+  real("dropout_rate", None, "Head dropout (noise); default: the variant's.")
+  real("stochastic_depth_rate", 0.2, "Maximum stochastic-depth rate (noise).")
+  boolean("sync_batch_norm", False, "Batch statistics across replicas.")
+
+  # Data.
+  string("train_pattern", None, "Labeled training TFRecords (glob, comma-separated).")
+  string("eval_pattern", None, "Evaluation TFRecords; none: no evaluation.")
+  string("unlabeled_pattern", None,
+         "Unlabeled TFRecords: pseudo-labeled (offline) or raw (with --teacher).")
+  integer("label_offset", 0, "Subtracted from stored labels (1: ImageNet TPU files).")
+  integer("train_batch_size", 2048, "LABELED images per step (global).")
+  integer("eval_batch_size", 1024, "Evaluation batch (global).")
+  integer("num_labeled_examples", 0,
+          "Labeled set size (defines epochs); 0: counted from --train_pattern.")
+  enum("preprocess_mode", None, ["imagenet", "small"],
+       "Input path; default: small with --small_image, else imagenet.")
+  enum("augment", "randaugment", AUGMENTS,
+       "Input noise of labeled images: randaugment, standard (crop + flip), none.")
+  enum("unlabeled_augment", None, AUGMENTS,
+       "Input noise of unlabeled images only (default: --augment); 'none' is the "
+       "paper's ablation without noise on unlabeled images.")
+  real("randaugment_magnitude", 10.0, "RandAugment magnitude M (official scale).")
+  integer("randaugment_layers", 2, "RandAugment ops per image N.")
+  boolean("flip", True, "Random horizontal flips (off for digits, e.g. SVHN).")
+  integer("shuffle_buffer", 16384, "Records per shuffle buffer.")
+
+  # Student.
+  real("unlabeled_ratio", 0.0, "r: unlabeled images per labeled image in a batch.")
+  enum("label_type", "soft", list(losses.LABEL_TYPES),
+       "Pseudo labels: soft (teacher distribution) or hard (one-hot argmax, "
+       "smoothed like labels).")
+  real("teacher_temperature", 1.0,
+       "Soft labels: online softmax(z / T); offline p^(1/T) renormalised (leave 1 "
+       "when noisy_student.label already applied its --temperature).")
+  enum("loss_weighting", "official", list(losses.WEIGHTINGS),
+       "official: mean labeled CE + r * mean unlabeled CE (released code); mean: the "
+       "plain mean over the concatenated batch (what the paper's Sec. 3 text says).")
+  string("teacher", None, "Online mode: frozen teacher model_dir labelling clean "
+         "copies of the unlabeled images in-graph.")
+  string("init_from", None, "Warm start (paper Study #8): a model_dir / .keras "
+         "file or a trainer checkpoint (its EMA weights).")
+
+  # Optimisation (official defaults).
+  integer("train_steps", 0, "Total steps; 0: from --train_epochs.")
+  real("train_epochs", 0.0, "Total labeled epochs (if --train_steps is 0).")
+  enum("optimizer", "rmsprop", ["rmsprop", "momentum", "sgd"],
+       "rmsprop: official (rho 0.9, momentum 0.9, eps 1e-3, slots start at 1).")
+  real("base_learning_rate", 0.016, "Learning rate per 256 labeled images.")
+  real("final_base_lr", None, "Solve the decay period so training ends at this "
+       "base learning rate (official SVHN: 2e-4); overrides --lr_decay_epochs.")
+  enum("lr_schedule", "exponential", ["exponential", "cosine", "constant"],
+       "After warmup: exponential staircase (official), cosine or constant.")
+  real("warmup_epochs", 5.0, "Linear warmup, labeled epochs.")
+  real("lr_decay_epochs", 2.4, "Staircase period in labeled epochs (4.8 for 700).")
+  real("lr_decay_factor", 0.97, "Staircase factor.")
+  real("weight_decay", 1e-5, "L2 on non-BN weights: wd * sum(v^2) / 2.")
+  real("label_smoothing", 0.1, "Label smoothing of labels and hard pseudo labels.")
+  real("moving_average_decay", 0.9999,
+       "EMA decay (num_updates warmup); 0 disables the EMA.")
+  flags.mark_flags_as_required(["model_dir", "train_pattern"], flag_values=flag_values)
+  return flag_values
+
+
+
+
+def _train_steps(fv: flags.FlagValues, num_labeled: int) -> int:
+  if fv.train_steps > 0:
+    return fv.train_steps
+  if fv.train_epochs <= 0:
+    raise ValueError("set --train_steps or --train_epochs")
+  return math.ceil(fv.train_epochs * num_labeled / fv.train_batch_size)
+
+
+def _schedule(fv: flags.FlagValues, num_labeled: int,
+              train_steps: int) -> optimization.ScheduleConfig:
+  steps_per_epoch = num_labeled / fv.train_batch_size
+  decay_epochs = fv.lr_decay_epochs
+  if fv.final_base_lr:
+    decay_epochs = optimization.decay_epochs_for_final_lr(
+        base_lr=fv.base_learning_rate, final_base_lr=fv.final_base_lr,
+        total_epochs=train_steps / steps_per_epoch, warmup_epochs=fv.warmup_epochs,
+        decay_factor=fv.lr_decay_factor)
+  return optimization.ScheduleConfig(
+      base_lr=fv.base_learning_rate, labeled_batch_size=fv.train_batch_size,
+      steps_per_epoch=steps_per_epoch, warmup_epochs=fv.warmup_epochs,
+      decay_epochs=decay_epochs, decay_factor=fv.lr_decay_factor,
+      kind=fv.lr_schedule, total_steps=train_steps)
+
+
+def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> task_lib.TrainConfig:
+  """The frozen run configuration; counts the labeled records if not given."""
+  num_labeled = fv.num_labeled_examples or pipeline.count_records(
+      fileio.list_files(fv.train_pattern))
+  if num_labeled <= 0:
+    raise ValueError(f"train_pattern={fv.train_pattern!r} holds no records")
+  train_steps = _train_steps(fv, num_labeled)
+  variant = efficientnet.get_variant(fv.model_name)
+  image_size = fv.image_size or variant.train_resolution
+  loss = losses.LossConfig(
+      label_smoothing=fv.label_smoothing, label_type=fv.label_type,
+      unlabeled_ratio=fv.unlabeled_ratio, weighting=fv.loss_weighting,
+      teacher_temperature=fv.teacher_temperature, weight_decay=fv.weight_decay)
+  task = task_lib.TaskConfig(
+      train_pattern=fv.train_pattern, num_classes=fv.num_classes,
+      image_size=image_size, model_name=fv.model_name,
+      width_coefficient=fv.width_coefficient, depth_coefficient=fv.depth_coefficient,
+      small_image=fv.small_image,
+      eval_image_size=fv.eval_image_size or (
+          variant.resolution if variant.train_resolution != variant.resolution
+          and not fv.image_size else 0),
+      preprocess_mode=fv.preprocess_mode or ("small" if fv.small_image else "imagenet"),
+      label_offset=fv.label_offset, dropout_rate=fv.dropout_rate,
+      stochastic_depth_rate=fv.stochastic_depth_rate, augment=fv.augment,
+      unlabeled_augment=fv.unlabeled_augment or fv.augment,
+      randaugment_layers=fv.randaugment_layers,
+      randaugment_magnitude=fv.randaugment_magnitude, flip=fv.flip,
+      unlabeled_pattern=fv.unlabeled_pattern or "", eval_pattern=fv.eval_pattern or "",
+      train_batch_size=fv.train_batch_size, eval_batch_size=fv.eval_batch_size,
+      teacher=fv.teacher or "", sync_batch_norm=fv.sync_batch_norm, loss=loss,
+      num_labeled_examples=num_labeled, shuffle_buffer=fv.shuffle_buffer,
+      seed=fv.seed, deterministic=fv.deterministic)
+  trainer = trainer_lib.TrainerConfig(
+      model_dir=fv.model_dir, train_steps=train_steps,
+      schedule=_schedule(fv, num_labeled, train_steps), steps_per_loop=fv.steps_per_loop,
+      checkpoint_every_steps=fv.checkpoint_every_steps,
+      keep_checkpoints=fv.keep_checkpoints, eval_every_steps=fv.eval_every_steps,
+      optimizer=fv.optimizer, weight_decay=fv.weight_decay,
+      moving_average_decay=fv.moving_average_decay, precision=fv.precision,
+      data_position=fv.data_position, seed=fv.seed,
+      deterministic=fv.deterministic, init_from=fv.init_from,
+      max_eval_batches=fv.max_eval_batches)
+  return task_lib.TrainConfig(task=task, trainer=trainer, strategy=fv.strategy,
+                              tpu=fv.tpu)
+
+
+def resolved_flags(fv: flags.FlagValues = flags.FLAGS) -> str:
+  """The trainer's flags with their values (defaults included), one per line."""
+  return "".join(fv[name].serialize() + "\n" for name in sorted(FLAG_NAMES)
+                 if fv[name].value is not None)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = config_from_flags()
+    task_lib.ClassificationTask(config.task).validate()
+  except (ValueError, FileNotFoundError) as e:
+    print(f"noisy_student.train: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  task_lib.run(config, flags_text=resolved_flags(), validate=False)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

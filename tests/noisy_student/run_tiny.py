@@ -1,0 +1,62 @@
+"""Runs the trainer on the tiny task in its own process (distributed tests).
+
+  python tests/noisy_student/run_tiny.py MODE MODEL_DIR [STEPS]
+
+MODE: "compare" (one device vs MirroredStrategy over 2 logical CPUs; prints the largest
+weight difference as JSON) or "multi_worker" (MultiWorkerMirroredStrategy from TF_CONFIG).
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import tensorflow as tf  # noqa: E402
+
+MODE, MODEL_DIR = sys.argv[1], sys.argv[2]
+STEPS = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+if MODE == "compare":
+  # Before any op: two logical CPU devices.
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import numpy as np  # noqa: E402
+
+from noisy_student import optimization  # noqa: E402
+from noisy_student import trainer  # noqa: E402
+from tests.noisy_student.tiny_task import TinyConfig, TinyTask  # noqa: E402
+
+
+def run(strategy, model_dir, sync_bn):
+  trainer.set_seed(7, deterministic=False)
+  config = trainer.TrainerConfig(
+      model_dir=model_dir, train_steps=STEPS, steps_per_loop=3, checkpoint_every_steps=3,
+      eval_every_steps=3, seed=7,
+      schedule=optimization.ScheduleConfig(base_lr=0.5, labeled_batch_size=8,
+                                           steps_per_epoch=2, warmup_epochs=0.5))
+  task = TinyTask(TinyConfig(unlabeled_ratio=1.0, sync_batch_norm=sync_bn, shuffle=False))
+  t = trainer.Trainer(config, task, strategy)
+  result = t.train()
+  return t, result
+
+
+if MODE == "compare":
+  one, _ = run(tf.distribute.OneDeviceStrategy("/cpu:0"), MODEL_DIR + "/one", True)
+  two, _ = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), MODEL_DIR + "/two", True)
+  diffs = {}
+  for name in ("model", "ema_model"):
+    a, b = getattr(one, name), getattr(two, name)
+    diffs[name] = max(float(np.max(np.abs(x - y))) for x, y in zip(a.get_weights(), b.get_weights()))
+  slots = [max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+               for x, y in zip(one.optimizer.variables, two.optimizer.variables))]
+  diffs["optimizer"] = max(slots)
+  diffs["moved"] = max(float(np.max(np.abs(x - y))) for x, y in zip(
+      one.model.get_weights(), one.ema_model.get_weights()))
+  print("RESULT " + json.dumps(diffs))
+else:
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  _, result = run(strategy, MODEL_DIR, False)
+  print("RESULT " + json.dumps(result))

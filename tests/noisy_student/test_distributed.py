@@ -1,0 +1,87 @@
+"""Distribution: MirroredStrategy over 2 logical CPUs vs one device; 2-worker training.
+
+Each case runs in its own process (logical devices must be configured before any op,
+and a multi-worker strategy owns its process), via tests/noisy_student/run_tiny.py.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(__file__)
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+SCRIPT = os.path.join(HERE, "run_tiny.py")
+# float32 sums over 2 x 4 rows instead of 8: rounding-level differences only.
+TOLERANCE = 1e-5
+
+
+def _result(output: str) -> dict:
+  lines = [l for l in output.splitlines() if l.startswith("RESULT ")]
+  assert lines, output[-3000:]
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def _env(**extra):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+  env.pop("TF_CONFIG", None)
+  env.update(extra)
+  return env
+
+
+def test_mirrored_two_replicas_equals_one_device(tmp_path):
+  """Same global batch (8 labeled + 8 unlabeled), sync BN: same weights, EMA and slots."""
+  proc = subprocess.run([sys.executable, SCRIPT, "compare", str(tmp_path), "6"],
+                        capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  diffs = _result(proc.stdout)
+  assert diffs["moved"] > 1e-3  # training changed the weights measurably
+  assert diffs["model"] < TOLERANCE
+  assert diffs["ema_model"] < TOLERANCE
+  assert diffs["optimizer"] < TOLERANCE
+
+
+def _free_ports(n):
+  socks = [socket.socket() for _ in range(n)]
+  for s in socks:
+    s.bind(("localhost", 0))
+  ports = [s.getsockname()[1] for s in socks]
+  for s in socks:
+    s.close()
+  return ports
+
+
+def test_two_workers_complete(tmp_path):
+  ports = _free_ports(2)
+  cluster = {"worker": [f"localhost:{p}" for p in ports]}
+  procs = []
+  for index in range(2):
+    tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    procs.append(subprocess.Popen(
+        [sys.executable, SCRIPT, "multi_worker", str(tmp_path / "run"), "6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(TF_CONFIG=tf_config), cwd=REPO))
+  outputs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=600)
+      outputs.append((p.returncode, out, err))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for code, out, err in outputs:
+    assert code == 0, err[-3000:]
+  results = [_result(out) for _, out, _ in outputs]
+  assert results[0] == results[1]  # both workers computed the same evaluation
+  assert results[0]["step"] == 6 and results[0]["num_examples"] == 64
+  run = tmp_path / "run"
+  assert (run / "model.keras").exists() and (run / "eval_metrics.json").exists()
+  assert sorted(os.listdir(run / "ckpt")) == [
+      "checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index",
+      "ckpt-6.data-00000-of-00001", "ckpt-6.index"]
+  # The non-chief worker's temporary checkpoint directory is gone.
+  assert not [n for n in os.listdir(run / "ckpt") if n.startswith(".worker")]

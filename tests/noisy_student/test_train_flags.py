@@ -1,0 +1,156 @@
+"""The entry module: flagfiles, resolved configuration, bad inputs, end-to-end runs."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from noisy_student import model_io
+from noisy_student import task as task_lib
+from noisy_student import train
+from tests.noisy_student.records import write_records
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.flags")))
+
+
+def parse(*args) -> flags.FlagValues:
+  fv = train.define_flags(flags.FlagValues())
+  fv(["noisy_student.train", *args])
+  return fv
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_flagfile_parses_with_the_trainer_flags(path, monkeypatch):
+  monkeypatch.chdir(REPO)  # Nested --flagfile paths are relative to the repository.
+  fv = parse(f"--flagfile={path}", "--model_dir=/tmp/unused")
+  assert fv.train_pattern
+  with open(path) as f:
+    head = f.read().split("\n--", 1)[0]
+  assert head.startswith("#"), "a flagfile starts with a comment"
+  if not path.endswith("_common.flags"):
+    assert "python -m noisy_student.train --flagfile=flags/" + os.path.basename(path) in head
+    assert "Expect" in head
+
+
+def test_unknown_flags_are_rejected(tmp_path):
+  bad = tmp_path / "bad.flags"
+  bad.write_text("# typo\n--unlabelled_ratio=3\n")
+  with pytest.raises(flags.Error, match="unlabelled_ratio"):
+    parse(f"--flagfile={bad}", "--model_dir=/tmp/unused", "--train_pattern=x")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+  d = tmp_path_factory.mktemp("records")
+  for i in range(2):
+    write_records(str(d / f"lab-{i}.tfrecord"), 24, seed=i)
+  write_records(str(d / "dev-0.tfrecord"), 12, seed=5)
+  write_records(str(d / "unl-0.tfrecord"), 32, seed=6, labeled=False, pseudo=True)
+  write_records(str(d / "raw-0.tfrecord"), 32, seed=7, labeled=False)
+  write_records(str(d / "onebased-0.tfrecord"), 8, seed=8, label_shift=1)
+  return d
+
+
+TINY = ("--num_classes=4", "--image_size=16", "--small_image", "--width_coefficient=0.25",
+        "--depth_coefficient=0.25", "--train_batch_size=4", "--eval_batch_size=8",
+        "--steps_per_loop=2", "--randaugment_magnitude=5")
+
+
+def config(records, model_dir, *args):
+  fv = parse(f"--model_dir={model_dir}", f"--train_pattern={records}/lab-*", *TINY, *args)
+  return train.config_from_flags(fv), fv
+
+
+def test_resolved_configuration(records, tmp_path):
+  c, _ = config(records, tmp_path, "--train_epochs=3", "--final_base_lr=0.0002",
+                "--warmup_epochs=1")
+  assert c.task.num_labeled_examples == 48  # counted
+  assert c.trainer.train_steps == 36  # 3 epochs of 48 / 4
+  s = c.trainer.schedule
+  assert s.steps_per_epoch == 12 and s.scaled_lr == pytest.approx(0.016 * 4 / 256)
+  assert s.decay_epochs == pytest.approx(2 / (__import__("math").log(0.0002 / 0.016)
+                                              / __import__("math").log(0.97)))
+  assert c.task.preprocess_mode == "small" and c.task.unlabeled_augment == "randaugment"
+  fv = parse("--model_dir=x", "--train_pattern=y", "--model_name=efficientnet-l2")
+  fv.num_labeled_examples, fv.train_steps = 10, 1
+  l2 = train.config_from_flags(fv)
+  assert (l2.task.image_size, l2.task.eval_image_size) == (475, 800)
+  with pytest.raises(ValueError, match="train_steps or --train_epochs"):
+    config(records, tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--train_pattern=/nonexistent/train-*",), "no files match '/nonexistent/train-\\*'"),
+    (("--train_pattern=",), "no files match ''"),
+    (("--eval_pattern=/nonexistent/dev-*",), "no files match '/nonexistent/dev-\\*'"),
+    (("--num_classes=3",), "outside \\[0, 3\\).*num_classes"),
+    (("--train_pattern={r}/onebased-*",), "label 4 outside \\[0, 4\\).*label_offset"),
+    (("--train_pattern={r}/unl-*",), "label -1 outside.*unlabeled record"),
+    (("--unlabeled_ratio=3",), "unlabeled_ratio=3.0 needs unlabeled data"),
+    (("--unlabeled_pattern={r}/unl-*",), "unlabeled_ratio is 0"),
+    (("--unlabeled_pattern={r}/raw-*", "--unlabeled_ratio=1"), "without pseudo labels"),
+    (("--unlabeled_pattern={r}/nothing-*", "--unlabeled_ratio=1"), "no files match"),
+    (("--teacher={r}", "--unlabeled_pattern={r}/raw-*", "--unlabeled_ratio=1"),
+     "no model at"),
+])
+def test_bad_inputs_fail_before_training(records, tmp_path, args, message):
+  args = [a.format(r=records) for a in args]
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    c, _ = config(records, tmp_path, "--train_steps=2", *args)
+    task_lib.ClassificationTask(c.task).validate()
+  assert not (tmp_path / "ckpt").exists()
+
+
+def test_entry_reports_bad_input_and_exits(records, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "noisy_student.train", f"--model_dir={tmp_path}",
+       f"--train_pattern={records}/lab-*", "--unlabeled_ratio=2", "--train_steps=1", *TINY],
+      capture_output=True, text=True, timeout=300, cwd=REPO,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO))
+  assert proc.returncode == 2
+  assert "noisy_student.train: error: unlabeled_ratio=2.0 needs unlabeled data" in proc.stderr
+  assert not os.listdir(tmp_path)
+
+
+def test_teacher_then_offline_student(records, tmp_path):
+  """A tiny EfficientNet teacher, then a student on pseudo-labeled data warm-started from it."""
+  teacher_dir = tmp_path / "teacher"
+  c, fv = config(records, teacher_dir, "--train_steps=4", f"--eval_pattern={records}/dev-*",
+                 "--eval_every_steps=2", "--checkpoint_every_steps=2")
+  result = task_lib.run(c, flags_text=train.resolved_flags(fv))
+  assert result["step"] == 4 and result["num_examples"] == 12
+  names = set(os.listdir(teacher_dir))
+  assert {"flags.txt", "config.json", "ckpt", "train", "eval", "eval_metrics.json",
+          "eval_history.json", "model.keras", "model_config.json"} <= names
+  flags_txt = (teacher_dir / "flags.txt").read_text()
+  assert "--train_steps=4\n" in flags_txt and "--loss_weighting=official\n" in flags_txt
+  resolved = json.loads((teacher_dir / "config.json").read_text())
+  assert resolved["trainer"]["train_steps"] == 4
+  assert resolved["task"]["loss"]["weighting"] == "official"
+  _, model_config = model_io.load_model(str(teacher_dir))
+  assert model_config["preprocess_mode"] == "small" and model_config["image_size"] == 16
+
+  student_dir = tmp_path / "student"
+  c, _ = config(records, student_dir, "--train_steps=2", f"--unlabeled_pattern={records}/unl-*",
+                "--unlabeled_ratio=2", "--label_type=hard", "--unlabeled_augment=none",
+                f"--init_from={teacher_dir}")
+  assert c.task.unlabeled_batch_size == 8
+  assert task_lib.run(c) is None  # no eval split
+  assert (student_dir / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_online_teacher(records, tmp_path):
+  teacher_dir = tmp_path / "teacher"
+  c, _ = config(records, teacher_dir, "--train_steps=2")
+  task_lib.run(c)
+  c, _ = config(records, tmp_path / "student", "--train_steps=2",
+                f"--unlabeled_pattern={records}/raw-*", "--unlabeled_ratio=1",
+                f"--teacher={teacher_dir}", "--teacher_temperature=2")
+  task_lib.run(c)
+  assert (tmp_path / "student" / "model.keras").exists()
