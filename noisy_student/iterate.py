@@ -31,13 +31,14 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class NoiseSpec:
+  augment: str = "randaugment"  # randaugment | standard (crop, flip) | none
   randaugment_magnitude: float = 5.0
   randaugment_layers: int = 2
   dropout_rate: float = 0.2
   stochastic_depth_rate: float = 0.2
 
 
-NO_NOISE = NoiseSpec(randaugment_magnitude=0.0, randaugment_layers=0, dropout_rate=0.0,
+NO_NOISE = NoiseSpec(augment="none", randaugment_magnitude=0.0, randaugment_layers=0, dropout_rate=0.0,
                      stochastic_depth_rate=0.0)
 
 
@@ -100,7 +101,8 @@ def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
       driver.Stage("data/split", ((
           "data.split", f"--input_pattern={records}/train-*",
           f"--output_dir={c.path('data', 'split')}",
-          f"--labeled_per_class={c.labeled_per_class}",
+          # The dev split is held out of the N labels, so N labels are used in all.
+          f"--labeled_per_class={c.labeled_per_class - c.dev_per_class}",
           f"--dev_per_class={c.dev_per_class}", f"--num_shards={c.record_shards}",
           f"--seed={c.seed}"),)),
   ]
@@ -117,6 +119,7 @@ def _train_command(c: ExperimentConfig, model_dir: str, model: ModelSpec,
           f"--width_coefficient={model.width}", f"--depth_coefficient={model.depth}",
           f"--train_batch_size={c.batch_size}", f"--train_steps={steps}",
           f"--eval_every_steps={c.eval_every_steps}",
+          f"--augment={noise.augment}",
           f"--randaugment_magnitude={noise.randaugment_magnitude}",
           f"--randaugment_layers={noise.randaugment_layers}",
           f"--dropout_rate={noise.dropout_rate}",

@@ -85,7 +85,7 @@ def config_from_flags() -> iterate.ExperimentConfig:
       iterations=FLAGS.iterations,
       teacher=iterate.ModelSpec(FLAGS.model_name, FLAGS.teacher_width, FLAGS.teacher_depth),
       students=tuple(iterate.ModelSpec(FLAGS.model_name, w, d) for w, d in zip(widths, depths)),
-      noise=iterate.NoiseSpec(FLAGS.randaugment_magnitude, FLAGS.randaugment_layers,
+      noise=iterate.NoiseSpec("randaugment", FLAGS.randaugment_magnitude, FLAGS.randaugment_layers,
                               FLAGS.dropout_rate, FLAGS.stochastic_depth_rate),
       student_noise=FLAGS.student_noise, unlabeled_augment=FLAGS.unlabeled_augment,
       batch_size=FLAGS.batch_size, unlabeled_ratio=FLAGS.unlabeled_ratio,
