@@ -2,6 +2,7 @@ r"""Selection at scale: pass 1 from stats files only, pass 2 streaming rate and 
 
   .venv/bin/python bench/selection.py                          # quick: 200k records
   .venv/bin/python bench/selection.py --records=1000000,10000000  # the issue's sizes
+  .venv/bin/python bench/selection.py --example_png=docs/selection_example.png
 
 For each size: writes synthetic prediction TFRecords (1000 classes, a 1x1 PNG as the
 "small image", top-1 soft label storage, unique ids, ~300 bytes a record: mostly key names) plus
@@ -139,6 +140,23 @@ def _rss_mb() -> float:
     return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def example_png(path: str, num_classes: int = 1000, seed: int = 0) -> None:
+  """The README's picture: a plan over synthetic stats (no records needed).
+
+  Zipf-like class sizes (2,000 to 400,000 predictions), Beta(5, 1.5) confidences,
+  K = 10,000 per class.
+  """
+  from noisy_student import selection
+  rng = np.random.default_rng(seed)
+  sizes = rng.zipf(1.3, size=num_classes).clip(1, 200) * 2000
+  bin_p = np.bincount(selection.confidence_bins(rng.beta(5.0, 1.5, 1_000_000)),
+                      minlength=selection.NUM_BINS) / 1_000_000
+  hist = np.stack([rng.multinomial(n, bin_p) for n in sizes])
+  plan = selection.plan_selection(hist, selection.SelectionConfig(images_per_class=10000))
+  selection.plot_summary(plan, path)
+  print(f"wrote {path}")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--records", default="200000",
@@ -151,7 +169,11 @@ def main() -> None:
   parser.add_argument("--workdir", default="/tmp/ns_bench_selection")
   parser.add_argument("--cleanup", action="store_true", help="delete generated files")
   parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+  parser.add_argument("--example_png", help="only write the README's example plot here")
   args = parser.parse_args()
+  if args.example_png:
+    example_png(args.example_png)
+    return
   if args.child:
     child(args.child[0], int(args.child[1]), args.child[2])
     return
