@@ -13,10 +13,11 @@ decode + random 224 crop, then one augmentation applied per image in the same pa
                          magnitude=1.0, rate=1.0); only if keras-cv is installed
                          (`pip install -e ".[bench]"`), else a line says it is missing
 
-    python bench/input_pipeline.py [--num_images=512] [--keras_images=64]
+    python bench/input_pipeline.py [--num_images=1024] [--keras_images=64] [--rounds=3]
 
-Prints img/s and ratios side by side. Timings on a shared CPU are noisy; re-run before
-quoting numbers.
+Prints img/s (median of interleaved rounds), ratios, and this process's CPU ms per image
+side by side. Wall-clock timings on a shared CPU are noisy (CPU ms much less so); re-run
+before quoting numbers.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from absl import app, flags  # noqa: E402
 from data import randaugment as ra  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_images", 512, "Images timed per fast variant.")
-flags.DEFINE_integer("keras_images", 64, "Images timed for keras.layers.RandAugment (slow).")
-flags.DEFINE_integer("warmup", 32, "Images run before timing (tracing, thread pools).")
+flags.DEFINE_integer("num_images", 1024, "Images timed per fast variant.")
+flags.DEFINE_integer("keras_images", 64, "Images timed for keras.layers (slow).")
+flags.DEFINE_integer("warmup", 256, "Images run before timing a fast variant: the first "
+                     "hundreds run slower (function instantiation, AUTOTUNE ramp-up).")
 flags.DEFINE_integer("seed", 0, "Seed for the JPEG crops and the augmentations.")
+flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds; the table shows medians.")
 
 IMAGE_SIZE = 224
 SOURCE_SIZE = 256
@@ -106,26 +109,34 @@ def variants() -> list[tuple[str, object, bool]]:
   return out
 
 
-def images_per_second(jpegs: list[bytes], augment, count: int) -> float:
-  """Throughput of decode+crop+augment over `count` images after a warm-up."""
+def make_dataset(jpegs: list[bytes], augment, warmup: int, count: int) -> tf.data.Dataset:
+  """decode+crop+augment of `warmup + count` images, batched by 16."""
   def map_fn(encoded, index):
     image = decode_and_crop(encoded, index)
     seed = tf.stack([tf.cast(FLAGS.seed + 1, tf.int64), tf.cast(index, tf.int64)])
     return augment(image, seed)
 
-  total = FLAGS.warmup + count
+  total = warmup + count
   encoded = tf.constant([jpegs[i % len(jpegs)] for i in range(total)])
   dataset = tf.data.Dataset.from_tensor_slices((encoded, tf.range(total)))
   dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
-  dataset = dataset.batch(16).prefetch(2)
+  return dataset.batch(16).prefetch(2)
+
+
+def images_per_second(dataset: tf.data.Dataset, warmup: int) -> tuple[float, float]:
+  """(img/s, CPU ms per image of this process) after the first `warmup` images.
+
+  CPU time per image hardly depends on what other processes do; img/s does.
+  """
   iterator = iter(dataset)
   seen = 0
-  while seen < FLAGS.warmup:
+  while seen < warmup:
     seen += int(next(iterator).shape[0])
-  start, timed = time.perf_counter(), 0
+  start, cpu_start, timed = time.perf_counter(), time.process_time(), 0
   for batch in iterator:
     timed += int(batch.shape[0])
-  return timed / (time.perf_counter() - start)
+  cpu_ms = (time.process_time() - cpu_start) * 1000 / timed
+  return timed / (time.perf_counter() - start), cpu_ms
 
 
 def main(argv):
@@ -134,22 +145,35 @@ def main(argv):
   print(f"{len(jpegs)} JPEGs {SOURCE_SIZE}x{SOURCE_SIZE} -> decode + random crop "
         f"{IMAGE_SIZE}x{IMAGE_SIZE}, map(num_parallel_calls=AUTOTUNE), "
         f"{os.cpu_count()} CPUs, TF {tf.__version__}")
-  rates = {}
+  datasets = {}
   for name, augment, slow in variants():
     if augment is None:
       print(name)
-      continue
-    rates[name] = images_per_second(
-        jpegs, augment, FLAGS.keras_images if slow else FLAGS.num_images)
-    print(f"  measured {name}: {rates[name]:.1f} img/s", flush=True)
+    else:
+      warmup = min(FLAGS.warmup, 16) if slow else FLAGS.warmup
+      count = FLAGS.keras_images if slow else FLAGS.num_images
+      datasets[name] = (make_dataset(jpegs, augment, warmup, count), warmup)
+  # Rounds interleave the variants so that load from other processes hits all of them
+  # alike; the table reports each variant's median.
+  measured = {name: [] for name in datasets}
+  for round_index in range(FLAGS.rounds):
+    for name, (dataset, warmup) in datasets.items():
+      measured[name].append(images_per_second(dataset, warmup))
+    print(f"  round {round_index + 1} img/s: " + ", ".join(
+        f"{name.split(' (')[0]} {runs[-1][0]:.0f}" for name, runs in measured.items()),
+        flush=True)
+  rates = {name: float(np.median([r for r, _ in runs])) for name, runs in measured.items()}
+  cpu = {name: float(np.median([c for _, c in runs])) for name, runs in measured.items()}
   ceiling = rates["decode+crop (ceiling)"]
   ours = rates["ours RandAugment(2, 27)"]
   cv = rates.get("keras_cv.layers.RandAugment")
   print()
-  print(f"| {'pipeline':30s} | {'img/s':>8s} | {'/ ceiling':>9s} | {'ours / it':>9s} |")
-  print(f"|{'-' * 32}|{'-' * 10}|{'-' * 11}|{'-' * 11}|")
+  print(f"| {'pipeline':30s} | {'img/s':>8s} | {'/ ceiling':>9s} | {'ours / it':>9s} | "
+        f"{'CPU ms/img':>10s} |")
+  print(f"|{'-' * 32}|{'-' * 10}|{'-' * 11}|{'-' * 11}|{'-' * 12}|")
   for name, rate in rates.items():
-    print(f"| {name:30s} | {rate:8.1f} | {rate / ceiling:9.2f} | {ours / rate:9.2f} |")
+    print(f"| {name:30s} | {rate:8.1f} | {rate / ceiling:9.2f} | {ours / rate:9.2f} | "
+          f"{cpu[name]:10.2f} |")
   if cv is not None:
     verdict = "meets" if ours >= 3 * cv else "MISSES"
     print(f"\nours / keras-cv = {ours / cv:.2f} ({verdict} the >= 3x target)")

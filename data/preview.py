@@ -150,7 +150,7 @@ def define_flags():
   flags.DEFINE_integer("num_layers", 2, "N of the full-RandAugment rows.")
   flags.DEFINE_integer("samples", 6, "Draws per magnitude.")
   flags.DEFINE_integer("seed", 0, "Seed of every draw.")
-  flags.DEFINE_integer("image_size", 224, "The image is centre-cropped and resized to this.")
+  flags.DEFINE_integer("image_size", 224, "Centre crop, resized to this side.")
   flags.DEFINE_integer("translate_const", 100, "RandAugment translate constant.")
   flags.DEFINE_integer("cutout_const", 40, "RandAugment cutout constant.")
 

@@ -10,21 +10,24 @@ sampled-then-unused probability. Everything works eagerly, inside `tf.function` 
 
 Magnitude -> argument (m = M / 10; NOTES.md section 4):
   Rotate            30 m degrees, random sign        ShearX/Y      0.3 m, random sign
-  TranslateX/Y      m * translate_const px, sign     Cutout        half-size int(m * cutout_const)
+  TranslateX/Y      m * translate_const px, sign     Cutout  half-size int(m * cutout_const)
   Color/Contrast/Brightness/Sharpness  factor 1.8 m + 0.1
   SolarizeAdd       add int(110 m) to pixels < 128   Posterize     bits int(4 m)
-  Solarize          threshold int(256 m)             AutoContrast/Equalize/Invert: no argument
+  Solarize          threshold int(256 m)             AutoContrast/Equalize/Invert: none
 
-Out-of-range magnitudes (a deliberate choice). The official maps for Posterize and
-Solarize make the op *weaker* as M grows and leave the valid range above M = 10:
-  * Posterize keeps `bits = clip(int(4 m), 0, 8)` high bits. For M >= 20 (bits >= 8) it
-    is the identity. This is also what the official TF code computes on CPU/GPU: TF clamps
-    the negative shift `8 - bits` to 0. (At bits = 0 we follow PIL, a black image; TF's
-    clamp would keep 1 bit.)
-  * Solarize inverts pixels >= `threshold = clip(int(256 m), 0, 256)`. For M >= 10
-    (threshold 256) it is the identity, i.e. PIL's `ImageOps.solarize` with threshold > 255.
-So at M = 27 both ops are intentional no-ops, as the magnitude maps extrapolate; we do
-not wrap the threshold modulo 256 or invert the meaning.
+Out-of-range magnitudes (a deliberate choice: the arguments the paper's code computed).
+The official maps for Posterize and Solarize leave PIL's valid range (bits int(4 m) > 8
+from M = 22.5; threshold int(256 m) > 255 from M = 10). The official TF code hands these
+Python ints to uint8 tensor ops: TF converts them to uint8 (mod 256) and clamps shift
+amounts to 7 (checked against TF's own ops in the tests). `apply_op`/`randaugment` pass
+the ops the arguments that this produces, so our students get the noise the paper's
+students got; the ops themselves stay PIL's:
+  * Posterize gets bits 8 - min((8 - int(4 m)) mod 256, 7): int(4 m) for M in 2.5..22.4,
+    but ONE bit (values 0 / 128) below M = 2.5 and from M = 22.5 (M = 27: one bit).
+  * Solarize gets threshold int(256 m) mod 256: PIL's below M = 10; at M = 10 (256 -> 0)
+    it inverts every pixel, like Invert; at M = 27 (691 -> 179) pixels >= 179.
+The alternative, clamping to PIL's range (bits 8, threshold 256), would make both ops
+no-ops at M = 27: weaker noise than the paper's.
 
 Semantics follow PIL, which the original AutoAugment used, and are pinned against
 `PIL.ImageOps` / `PIL.ImageEnhance` / `Image.transform` in tests/data/test_randaugment.py:
@@ -150,19 +153,20 @@ def invert(image: tf.Tensor) -> tf.Tensor:
 
 
 def posterize(image: tf.Tensor, bits) -> tf.Tensor:
-  """`ImageOps.posterize`: keep the `bits` high bits; bits is clamped to [0, 8]."""
+  """`ImageOps.posterize`: keep the `bits` high bits (bits clipped to [0, 8])."""
   shift = 8 - tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8)
   mask = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.left_shift(255, shift), 255), tf.uint8)
   return tf.bitwise.bitwise_and(image, mask)
 
 
 def solarize(image: tf.Tensor, threshold) -> tf.Tensor:
-  """`ImageOps.solarize`: invert pixels >= threshold; threshold is clamped to [0, 256]."""
+  """`ImageOps.solarize`: invert pixels >= threshold (> 255: none; <= 0: all)."""
   threshold = tf.clip_by_value(tf.cast(threshold, tf.int32), 0, 256)
   return _select(tf.cast(image, tf.int32) < threshold, image, 255 - image)
 
 
-def solarize_add(image: tf.Tensor, addition, threshold=_SOLARIZE_ADD_THRESHOLD) -> tf.Tensor:
+def solarize_add(image: tf.Tensor, addition,
+                 threshold=_SOLARIZE_ADD_THRESHOLD) -> tf.Tensor:
   """Official SolarizeAdd: add `addition` (clipped to [0, 255]) to pixels < threshold."""
   pixels = tf.cast(image, tf.int32)
   added = tf.clip_by_value(pixels + tf.cast(addition, tf.int32), 0, 255)
@@ -322,7 +326,8 @@ def cutout(image: tf.Tensor, pad_size, *, seed=None, fill_value=128) -> tf.Tenso
     unit = tf.random.uniform([2], dtype=tf.float32)
   else:
     unit = tf.random.stateless_uniform([2], seed=seed, dtype=tf.float32)
-  center = tf.minimum(tf.cast(unit * tf.cast(shape[:2], tf.float32), tf.int32), shape[:2] - 1)
+  center = tf.cast(unit * tf.cast(shape[:2], tf.float32), tf.int32)
+  center = tf.minimum(center, shape[:2] - 1)  # float rounding could reach the size
   pad_size = tf.maximum(tf.cast(pad_size, tf.int32), 0)
   lower = tf.clip_by_value(center - pad_size, 0, shape[:2])  # [top, left]
   upper = tf.clip_by_value(center + pad_size, 0, shape[:2])  # [bottom, right], exclusive
@@ -367,8 +372,9 @@ def _op_call(op_name, magnitude, sign, translate_const, cutout_const, fill_value
   table = {
       "AutoContrast": (), "Equalize": (), "Invert": (),
       "Rotate": (sign * 30.0 * m, fill_value),
-      "Posterize": (as_int(4.0 * m),),
-      "Solarize": (as_int(256.0 * m),),
+      # The official ints as TF's uint8 ops see them (module docstring).
+      "Posterize": (8 - tf.minimum(tf.math.floormod(8 - as_int(4.0 * m), 256), 7),),
+      "Solarize": (tf.math.floormod(as_int(256.0 * m), 256),),
       "Color": enhance, "Contrast": enhance, "Brightness": enhance, "Sharpness": enhance,
       "ShearX": (sign * 0.3 * m, fill_value),
       "ShearY": (sign * 0.3 * m, fill_value),
@@ -430,7 +436,8 @@ def _layer(image, op_index, sign, cutout_seed, magnitude, translate_const, cutou
   return tf.switch_case(op_index, [branch(name) for name in OP_NAMES])
 
 
-@tf.autograph.experimental.do_not_convert  # no Python control flow on tensors; saves seconds
+# No Python control flow on tensors here: skipping autograph saves seconds of tracing.
+@tf.autograph.experimental.do_not_convert
 def randaugment(image, num_layers: int = 2, magnitude=10, *, seed=None,
                 translate_const=100, cutout_const=40, fill_value=128) -> tf.Tensor:
   """RandAugment(N=num_layers, M=magnitude) on one image.

@@ -28,8 +28,10 @@ def test_panels_are_the_input_each_op_and_seeded_draws():
   assert labels[0] == "input" and len(grid) % SMALL.columns == 0
   for name in randaugment.OP_NAMES:
     assert any(label.startswith(f"{name} M=27") for label in labels), name
-  # At M=27 Posterize and Solarize are the identity (pinned in test_randaugment).
-  assert "Posterize M=27 = input" in labels and "Solarize M=27 = input" in labels
+  # One-op panels use sign +1: TranslateX at M=27, translate_const 4 moves 10.8 -> 11 px.
+  translated = grid[labels.index("TranslateX M=27")][1]
+  np.testing.assert_array_equal(translated[:, :21], image[:, 11:])
+  assert np.all(translated[:, 21:] == 128)
   draws = [panel for label, panel in grid if label.startswith("RandAugment(2, 27)")]
   assert len(draws) == 2 and all(d.shape == (32, 32, 3) for d in draws)
   again = [panel for label, panel in preview.panels(image, SMALL)

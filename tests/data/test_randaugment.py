@@ -72,11 +72,14 @@ def differing_fraction(a, b):
   return float(np.mean(np.any(a != b, axis=-1)))
 
 
-# Magnitudes where PIL accepts the argument (Posterize: bits <= 8, Solarize: any).
+# PIL's valid range only: Posterize bits int(4 m) <= 8, Solarize threshold int(256 m) < 256.
+# Beyond it the arguments are the official code's (test_out_of_range_arguments_...).
 COLOR_CASES = [(name, magnitude) for name in
-               ["AutoContrast", "Equalize", "Invert", "Posterize", "Solarize", "SolarizeAdd",
-                "Color", "Contrast", "Brightness", "Sharpness"]
-               for magnitude in (3, 10, 27) if not (name == "Posterize" and magnitude > 20)]
+               ["AutoContrast", "Equalize", "Invert", "Posterize", "Solarize",
+                "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness"]
+               for magnitude in (3, 7, 10, 27)
+               if not (name == "Posterize" and magnitude > 22 or
+                       name == "Solarize" and magnitude >= 10)]
 
 
 @pytest.mark.parametrize("op_name,magnitude", COLOR_CASES)
@@ -129,7 +132,8 @@ def test_rotate_3x3_by_90_is_exact():
   image = tiny(3, 3)
   np.testing.assert_array_equal(ra.rotate(image, 90.0).numpy(), np.rot90(image, 1))
   np.testing.assert_array_equal(ra.rotate(image, -90.0).numpy(), np.rot90(image, -1))
-  np.testing.assert_array_equal(ra.rotate(tiny(4, 4), 180.0).numpy(), np.rot90(tiny(4, 4), 2))
+  four = tiny(4, 4)
+  np.testing.assert_array_equal(ra.rotate(four, 180.0).numpy(), np.rot90(four, 2))
 
 
 def test_rotate_non_square_by_90_fills_outside():
@@ -170,8 +174,9 @@ def test_shear_x_3x3_is_exact():
       if x + y + 1 < 3:
         expected[y, x] = image[y, x + y + 1]
   np.testing.assert_array_equal(ra.shear_x(image, 1.0).numpy(), expected)
+  transposed = np.swapaxes(image, 0, 1)
   np.testing.assert_array_equal(ra.shear_y(image, 1.0).numpy(),
-                                np.swapaxes(ra.shear_x(np.swapaxes(image, 0, 1), 1.0), 0, 1))
+                                np.swapaxes(ra.shear_x(transposed, 1.0), 0, 1))
   pil = Image.fromarray(image)
   ref = pil.transform(pil.size, Image.AFFINE, (1, 1, 0, 0, 1, 0), Image.NEAREST,
                       fillcolor=FILL)
@@ -184,26 +189,54 @@ def test_geometric_fill_value_is_configurable():
 
 
 # ----------------------------------------------------------------------------------------
-# Out-of-range magnitudes (module docstring): pinned at the paper's M=27.
+# Out-of-range magnitudes (module docstring): the official code's arguments, pinned.
 
-def test_posterize_and_solarize_are_identity_at_paper_magnitude(photo):
-  # Posterize: bits int(4 * 2.7) = 10 -> clamped to 8 (keep all bits).
-  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 27).numpy(), photo)
-  np.testing.assert_array_equal(ra.posterize(photo, 10).numpy(), photo)
-  # Solarize: threshold int(256 * 2.7) = 691 -> clamped to 256 (invert nothing).
-  np.testing.assert_array_equal(ra.apply_op(photo, "Solarize", 27).numpy(), photo)
-  np.testing.assert_array_equal(ra.solarize(photo, 691).numpy(), photo)
+def official_posterize(image, magnitude):
+  """The official op on the official int, executed by TF (shift converted to uint8)."""
+  shift = 8 - int(magnitude / 10 * 4)
+  return tf.bitwise.left_shift(tf.bitwise.right_shift(tf.constant(image), shift), shift)
+
+
+def official_solarize(image, magnitude):
+  image = tf.constant(image)
+  return tf.where(image < int(magnitude / 10 * 256), image, 255 - image)
+
+
+@pytest.mark.parametrize("magnitude", [0, 2, 3, 9, 10, 11, 20, 22, 23, 27, 30])
+def test_out_of_range_arguments_match_official_tf_ops(photo, magnitude):
+  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", magnitude).numpy(),
+                                official_posterize(photo, magnitude).numpy())
+  np.testing.assert_array_equal(ra.apply_op(photo, "Solarize", magnitude).numpy(),
+                                official_solarize(photo, magnitude).numpy())
+
+
+def test_posterize_and_solarize_at_paper_magnitude(photo):
+  # Posterize: bits int(4 * 2.7) = 10 -> shift -2 -> uint8 254 -> clamped 7: one bit.
+  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 27).numpy(), photo & 0x80)
+  # Solarize: threshold int(256 * 2.7) = 691 -> uint8 179.
+  expected = np.where(photo < 179, photo, 255 - photo)
+  np.testing.assert_array_equal(ra.apply_op(photo, "Solarize", 27).numpy(), expected)
 
 
 def test_posterize_and_solarize_boundaries(photo):
-  # Posterize is the identity from M=20 (bits 8); M=19 keeps 7 bits; M<2.5 is black (PIL).
-  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 20).numpy(), photo)
+  # Posterize keeps int(4 m) bits from M=2.5 to 22.4, one bit outside.
+  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 22).numpy(), photo)
   np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 19).numpy(), photo & 0xFE)
-  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 2).numpy(), 0 * photo)
-  # Solarize is the identity from M=10 (threshold 256); M=9 inverts pixels >= 230.
-  np.testing.assert_array_equal(ra.apply_op(photo, "Solarize", 10).numpy(), photo)
+  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 2).numpy(), photo & 0x80)
+  np.testing.assert_array_equal(ra.apply_op(photo, "Posterize", 23).numpy(), photo & 0x80)
+  # Solarize: M=9 inverts pixels >= 230; M=10 (threshold 256 -> 0) inverts all.
   expected = np.where(photo >= 230, 255 - photo, photo)
   np.testing.assert_array_equal(ra.apply_op(photo, "Solarize", 9).numpy(), expected)
+  np.testing.assert_array_equal(ra.apply_op(photo, "Solarize", 10).numpy(), 255 - photo)
+
+
+def test_ops_called_directly_are_pils(photo):
+  # NAME_TO_OP functions take PIL's arguments; out of range they saturate like PIL.
+  np.testing.assert_array_equal(ra.posterize(photo, 10).numpy(), photo)
+  np.testing.assert_array_equal(ra.posterize(photo, 0).numpy(), 0 * photo)
+  np.testing.assert_array_equal(ra.solarize(photo, 691).numpy(), photo)
+  pil = np.asarray(ImageOps.solarize(Image.fromarray(photo), 691))
+  np.testing.assert_array_equal(ra.solarize(photo, 691).numpy(), pil)
   np.testing.assert_array_equal(ra.solarize(photo, 0).numpy(), 255 - photo)
 
 
@@ -306,7 +339,8 @@ def test_randaugment_unknown_shape_and_unseeded(photo):
   dataset = tf.data.Dataset.from_generator(
       lambda: iter([photo, photo[:20, :30]]),
       output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-  shapes = [image.shape for image in dataset.map(lambda image: ra.randaugment(image, 2, 27))]
+  augmented = dataset.map(lambda image: ra.randaugment(image, 2, 27))
+  shapes = [image.shape for image in augmented]
   assert shapes == [photo.shape, (20, 30, 3)]
   assert ra.randaugment(photo, 3, 27).shape == photo.shape  # stateful, eager
   np.testing.assert_array_equal(ra.randaugment(photo, 0, 27, seed=[1, 1]).numpy(), photo)
@@ -318,8 +352,8 @@ def test_every_layer_applies_one_listed_op(photo):
   candidates = {}
   for name in OFFICIAL_NAMES[:-1]:  # Cutout is random in its centre: checked separately
     for sign in (1, -1):
-      candidates.setdefault(ra.apply_op(photo, name, magnitude, sign=sign).numpy().tobytes(),
-                            name)
+      out = ra.apply_op(photo, name, magnitude, sign=sign).numpy()
+      candidates.setdefault(out.tobytes(), name)
   policy = tf.function(lambda seed: ra.randaugment(photo, 1, magnitude, seed=seed))
   used = set()
   for i in range(64):
