@@ -209,3 +209,37 @@ def test_record_helper_replaces_old_pseudo_keys():
   assert schema.PSEUDO_PROBS not in feats and feats[schema.PSEUDO_LABEL].int64_list.value == [0]
   assert feats[schema.ENCODED].bytes_list.value == [b"bytes"]
   assert set(feats.keys()) == set(src) - {schema.PSEUDO_PROBS} | {schema.PSEUDO_PROBS_F16}
+
+
+_MIRRORED = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from noisy_student import labeling
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+assert strategy.num_replicas_in_sync == 2
+labeling.run_labeling(labeling.LabelConfig(teacher=sys.argv[1], input_pattern=sys.argv[2],
+                                           output_dir=sys.argv[3], batch_size=6), strategy)
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_matches_default(world, tmp_path):
+  """Two replicas (logical CPUs, a fresh process): same records, same soft labels."""
+  import subprocess
+  import sys
+  root, teacher, _, _ = world
+  labeling.run_labeling(_config(world, tmp_path / "one"))
+  subprocess.run([sys.executable, "-c", _MIRRORED, teacher, str(root / "unlabeled-*"),
+                  str(tmp_path / "two")], check=True,
+                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
+  assert one.keys() == two.keys()
+  for name in one:
+    assert len(one[name]) == len(two[name])
+    for a, b in zip(one[name], two[name]):
+      fa, fb = _features(a), _features(b)
+      assert fa[schema.ID] == fb[schema.ID]
+      np.testing.assert_allclose(fa[schema.PSEUDO_PROBS].float_list.value,
+                                 fb[schema.PSEUDO_PROBS].float_list.value, atol=1e-6)
