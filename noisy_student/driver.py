@@ -50,7 +50,8 @@ class StageRunner:
   def __init__(self, workdir: str, python: str = sys.executable, env: dict | None = None):
     self.workdir = workdir
     self.python = python
-    self.env = env
+    # Unbuffered children: their progress lines reach the console as they happen.
+    self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     os.makedirs(os.path.join(workdir, MARKER_DIR), exist_ok=True)
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
 
@@ -99,6 +100,7 @@ class StageRunner:
                                  env=self.env, text=True, bufsize=1)
       for line in process.stdout:
         log.write(line)
+        log.flush()
         if stream and not _is_noise(line):
           sys.stdout.write(line)
           sys.stdout.flush()
