@@ -148,7 +148,8 @@ def data_loss(logits: tf.Tensor, targets: tf.Tensor, is_unlabeled: tf.Tensor,
 def decayed_variables(model: keras.Model) -> list:
   """Trainable variables that get L2 weight decay: all but batch-norm gamma / beta."""
   bn_ids = set()
-  for layer in model._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  for layer in model._flatten_layers(include_self=True, recursive=True):
     if isinstance(layer, keras.layers.BatchNormalization):
       bn_ids.update(id(v) for v in layer.weights)
   return [v for v in model.trainable_variables if id(v) not in bn_ids]

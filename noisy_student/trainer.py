@@ -186,7 +186,8 @@ def warm_start(model: keras.Model, path: str) -> None:
     raise FileNotFoundError(f"init_from={path}: neither a model.keras nor a checkpoint")
   # A trainer checkpoint's "ema_model" is the teacher's EMA weights (paper: teachers are
   # always the EMA weights); mapping it onto this model needs the same architecture.
-  tf.train.Checkpoint(ema_model=model).restore(ckpt).expect_partial().assert_existing_objects_matched()
+  status = tf.train.Checkpoint(ema_model=model).restore(ckpt).expect_partial()
+  status.assert_existing_objects_matched()
   logging.info("warm start from checkpoint %s (EMA weights)", ckpt)
 
 
@@ -416,14 +417,14 @@ class Trainer:
   # -- the loop -----------------------------------------------------------------------
 
   def _progress(self, step: int, sums: dict, num_steps: int, seconds: float,
-                images_per_step: int | None, started: float, first_step: int) -> None:
+                seconds_per_step: float) -> None:
+    """The console line and the TensorBoard scalars of one host loop."""
     c = self.config
     means = {k: v / num_steps for k, v in sums.items()}
     lr = float(optimization.learning_rate_at(step - 1, c.schedule))
     steps_per_sec = num_steps / max(seconds, 1e-9)
-    rate = steps_per_sec * images_per_step if images_per_step else float("nan")
-    done = step - first_step
-    eta = (c.train_steps - step) * (time.time() - started) / max(done, 1)
+    rate = steps_per_sec * self.task.global_batch_images
+    eta = (c.train_steps - step) * seconds_per_step
     parts = "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
     print(f"step {step}/{c.train_steps}  loss {means['loss']:.4f}  {parts}  lr {lr:.3g}  "
           f"{rate:.1f} img/s  ETA {_format_duration(eta)}", flush=True)
@@ -458,8 +459,7 @@ class Trainer:
     self._iterator = self._make_iterator(step)
     if self._train_loop_fn is None:
       self._train_loop_fn = self._build_train_loop()
-    images_per_step = getattr(self.task, "global_batch_images", None)
-    started, first_step = time.time(), step
+    clock = None  # (time, step) after the first loop, which includes tracing.
     has_eval = self.task.has_eval
     last_eval = None
     while step < c.train_steps:
@@ -468,7 +468,11 @@ class Trainer:
       sums = self._train_loop_fn(self._iterator, tf.constant(n, tf.int32))
       sums = {k: float(v) for k, v in sums.items()}
       step = int(self.global_step.numpy())
-      self._progress(step, sums, n, time.time() - t0, images_per_step, started, first_step)
+      now = time.time()
+      # Wall time per step since the first loop: checkpoints and evaluations included.
+      per_step = (now - clock[0]) / (step - clock[1]) if clock else (now - t0) / n
+      clock = clock or (now, step)
+      self._progress(step, sums, n, now - t0, per_step)
       if not np.isfinite(sums["loss"]):
         raise FloatingPointError(f"loss is {sums['loss']} at step {step}")
       if step % c.checkpoint_every_steps == 0 or step == c.train_steps:

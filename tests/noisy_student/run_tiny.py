@@ -49,7 +49,8 @@ if MODE == "compare":
   diffs = {}
   for name in ("model", "ema_model"):
     a, b = getattr(one, name), getattr(two, name)
-    diffs[name] = max(float(np.max(np.abs(x - y))) for x, y in zip(a.get_weights(), b.get_weights()))
+    diffs[name] = max(float(np.max(np.abs(x - y)))
+                      for x, y in zip(a.get_weights(), b.get_weights()))
   slots = [max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
                for x, y in zip(one.optimizer.variables, two.optimizer.variables))]
   diffs["optimizer"] = max(slots)
