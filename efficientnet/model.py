@@ -66,14 +66,17 @@ def _mbconv(x, block: config.Block, sync_bn: bool):
   x = _bn(p + "bn", sync_bn)(x)
   x = keras.layers.Activation("swish", name=p + "activation")(x)
 
-  # keepdims avoids the extra Reshape keras.applications needs.
-  se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=p + "se_squeeze")(x)
-  se = keras.layers.Conv2D(
-      block.se_filters, 1, activation="swish", kernel_initializer=CONV_INITIALIZER,
+  # Squeeze-excite on [batch, channels] with Dense layers: the same weights as
+  # keras.applications' 1x1 convolutions on a 1x1 map (the import reshapes them), but
+  # a plain MatMul, about 4x cheaper than 1x1 Conv2D on CPU for these tiny tensors.
+  se = keras.layers.GlobalAveragePooling2D(name=p + "se_squeeze")(x)
+  se = keras.layers.Dense(
+      block.se_filters, activation="swish", kernel_initializer=CONV_INITIALIZER,
       name=p + "se_reduce")(se)
-  se = keras.layers.Conv2D(
-      filters, 1, activation="sigmoid", kernel_initializer=CONV_INITIALIZER,
+  se = keras.layers.Dense(
+      filters, activation="sigmoid", kernel_initializer=CONV_INITIALIZER,
       name=p + "se_expand")(se)
+  se = keras.layers.Reshape((1, 1, filters), name=p + "se_reshape")(se)
   x = keras.layers.Multiply(name=p + "se_excite")([x, se])
 
   x = _conv(block.filters_out, 1, p + "project_conv")(x)

@@ -77,8 +77,7 @@ def load_keras_applications_weights(model: keras.Model, source, *,
     theirs.pop(HEAD, None)
   _check_same_layers(model, source, ours, theirs)
   for name, layer in theirs.items():
-    values = layer.get_weights()
-    _check_shapes(name, ours[name], values, include_head)
+    values = _fit_shapes(name, ours[name], layer.get_weights(), include_head)
     ours[name].set_weights(values)
 
   norm = [l for l in model.layers if isinstance(l, InputNormalization)]
@@ -113,13 +112,24 @@ def _check_same_layers(model, source, ours: dict, theirs: dict) -> None:
         f"only in the source: {extra[:5]}{'...' if len(extra) > 5 else ''}.")
 
 
-def _check_shapes(name: str, layer, values: list, include_head: bool) -> None:
+def _fit_shapes(name: str, layer, values: list, include_head: bool) -> list:
+  """The source values in our layer's shapes, or a ValueError naming the layer.
+
+  Our squeeze-excite layers are Dense, theirs 1x1 Conv2D on a 1x1 map: the kernels
+  differ only by the two leading 1s, [1, 1, in, out] -> [in, out].
+  """
   expected = [tuple(w.shape) for w in layer.weights]
   got = [tuple(v.shape) for v in values]
-  if expected != got:
+  fitted = []
+  for value, shape, source_shape in zip(values, expected, got):
+    if source_shape == (1, 1) + shape:
+      value = value.reshape(shape)
+    fitted.append(value)
+  if [tuple(v.shape) for v in fitted] != expected:
     hint = (" (a different number of classes: pass include_head=False to skip the "
             "classifier)") if name == HEAD and include_head else ""
     raise ValueError(f"layer {name!r}: source shapes {got} != model shapes {expected}{hint}")
+  return fitted
 
 
 def _source_normalization(source: keras.Model, fix_published: bool):
