@@ -11,6 +11,7 @@ import json
 import os
 
 from data import fileio
+from data import schema
 from noisy_student import iterate
 
 
@@ -22,16 +23,31 @@ def test_accuracy(model_dir: str) -> float | None:
   return float(fileio.read_json(path)["top1"])
 
 
-def pseudo_label_stats(selected_dir: str) -> dict:
-  """Selected image count (after balancing) and pseudo-label accuracy where known."""
-  summaries = sorted(glob.glob(os.path.join(selected_dir, "summary*.json")))
-  if not summaries:
-    return {}
-  summary = fileio.read_json(summaries[0])
-  stats = {"num_pseudo_labeled": summary.get("total_selected")}
-  if "pseudo_label_accuracy" in summary:
-    stats["pseudo_label_accuracy"] = summary["pseudo_label_accuracy"]
+def pseudo_label_stats(iteration_dir: str) -> dict:
+  """Pseudo-labeled images used (after filtering and balancing, with copies) and how
+  many of the teacher's pseudo labels were right, from the hidden labels of the split."""
+  stats = {}
+  selection = os.path.join(iteration_dir, "selected", "selection.json")
+  if os.path.exists(selection):
+    stats["num_pseudo_labeled"] = fileio.read_json(selection).get("total_written")
+  predictions = glob.glob(os.path.join(iteration_dir, "predictions", "*.tfrecord"))
+  if predictions:
+    stats["pseudo_label_accuracy"] = _pseudo_label_accuracy(predictions)
   return stats
+
+
+def _pseudo_label_accuracy(files: list[str]) -> float | None:
+  import tensorflow as tf  # Only here: the rest of the report needs no TensorFlow.
+  spec = {schema.PSEUDO_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+          schema.HIDDEN_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  right = total = 0
+  for batch in tf.data.TFRecordDataset(sorted(files)).batch(4096).map(
+      lambda x: tf.io.parse_example(x, spec)):
+    hidden = batch[schema.HIDDEN_LABEL].numpy()
+    known = hidden >= 0
+    right += int((batch[schema.PSEUDO_LABEL].numpy()[known] == hidden[known]).sum())
+    total += int(known.sum())
+  return right / total if total else None
 
 
 def collect(c: iterate.ExperimentConfig) -> dict:
@@ -44,7 +60,7 @@ def collect(c: iterate.ExperimentConfig) -> dict:
         "student_accuracy": test_accuracy(c.model_dir(i)),
         "student_model": vars(c.student(i)),
     }
-    item.update(pseudo_label_stats(c.path(f"iter{i}", "selected")))
+    item.update(pseudo_label_stats(c.path(f"iter{i}")))
     iterations.append(item)
   report = {
       "baseline_accuracy": baseline,
@@ -66,14 +82,16 @@ def markdown(report: dict) -> str:
   lines = [
       "# Noisy Student report", "",
       f"Labels: {report['labeled_per_class']} per class; seed {report['seed']}.", "",
-      "| model | test top-1 | pseudo-labeled images used |", "|---|---|---|",
-      f"| supervised baseline (iteration-1 teacher) | {_pct(report['baseline_accuracy'])} | 0 |",
+      "| model | test top-1 | pseudo-labeled images used | its teacher's pseudo labels right |",
+      "|---|---|---|---|",
+      f"| supervised baseline (iteration-1 teacher) | {_pct(report['baseline_accuracy'])} | 0 | - |",
   ]
   for it in report["iterations"]:
     lines.append(f"| student, iteration {it['iteration']} | {_pct(it['student_accuracy'])} "
-                 f"| {it.get('num_pseudo_labeled', '-')} |")
+                 f"| {it.get('num_pseudo_labeled', '-')} "
+                 f"| {_pct(it.get('pseudo_label_accuracy'))} |")
   if "all_labels_accuracy" in report:
-    lines.append(f"| all labels (upper bound) | {_pct(report['all_labels_accuracy'])} | - |")
+    lines.append(f"| all labels (upper bound) | {_pct(report['all_labels_accuracy'])} | - | - |")
   lines += ["", "Each iteration's teacher is the previous row's model."]
   return "\n".join(lines) + "\n"
 
