@@ -309,7 +309,8 @@ class Trainer:
       data_loss, metrics = self.task.train_loss(self.model, batch, n)
       # Weight decay is computed identically on every replica; the gradient all-reduce
       # sums the replicas, so each contributes 1/n of it.
-      decay = self.config.weight_decay * losses.l2_loss(self._decayed) / n
+      decay = (self.config.weight_decay * losses.l2_loss(self._decayed) / n
+               if self.config.weight_decay else tf.constant(0.0))
       loss = data_loss + decay
       scaled = (self.optimizer.scale_loss(loss)
                 if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss)
@@ -338,6 +339,8 @@ class Trainer:
   def _replica_eval(self, batch: dict) -> dict:
     logits = tf.cast(self.eval_model(batch["image"], training=False), tf.float32)
     mask = tf.cast(batch["mask"], tf.float32)
+    if "ok" in batch:  # Records whose image did not decode are not scored.
+      mask *= tf.cast(batch["ok"], tf.float32)
     num_classes = logits.shape[-1]
     labels = tf.clip_by_value(tf.cast(batch["label"], tf.int32), 0, num_classes - 1)
     top1 = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)

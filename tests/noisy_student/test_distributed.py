@@ -11,6 +11,9 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
+
+from noisy_student import strategy as strategy_lib
 
 HERE = os.path.dirname(__file__)
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -85,3 +88,14 @@ def test_two_workers_complete(tmp_path):
       "ckpt-6.data-00000-of-00001", "ckpt-6.index"]
   # The non-chief worker's temporary checkpoint directory is gone.
   assert not [n for n in os.listdir(run / "ckpt") if n.startswith(".worker")]
+
+
+def test_auto_strategy_on_this_cpu_machine(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  monkeypatch.delenv("TPU_NAME", raising=False)
+  strategy = strategy_lib.get_strategy("auto")
+  assert isinstance(strategy, tf.distribute.OneDeviceStrategy)
+  assert strategy_lib.is_chief(strategy)
+  assert strategy_lib.write_dir("/m/ckpt", strategy) == "/m/ckpt"
+  with pytest.raises(ValueError, match="strategy must be one of"):
+    strategy_lib.get_strategy("horovod")

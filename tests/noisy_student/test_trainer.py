@@ -137,13 +137,17 @@ def test_warm_start(trained, tmp_path, source):
       np.testing.assert_allclose(x, y, rtol=0, atol=0)
 
 
-def test_float16_with_loss_scaling(tmp_path):
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_mixed_precision(tmp_path, precision):
   policy = keras.mixed_precision.global_policy()
   try:
-    trainer_lib.set_precision("float16")
-    t = make_trainer(tmp_path, steps=2, precision="float16",
+    trainer_lib.set_precision(precision)
+    t = make_trainer(tmp_path, steps=2, precision=precision,
                      task=TinyTask(TinyConfig(with_eval=False)))
-    assert isinstance(t.optimizer, keras.optimizers.LossScaleOptimizer)
+    # float16 gets dynamic loss scaling; bfloat16 has float32's range and needs none.
+    assert isinstance(t.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        precision == "float16")
+    assert t.model.layers[1].compute_dtype == precision
     assert t.model.layers[-1].compute_dtype == "float32"  # float32 logits
     t.train()
     assert int(t.global_step.numpy()) == 2
