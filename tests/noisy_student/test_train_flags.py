@@ -154,3 +154,40 @@ def test_online_teacher(records, tmp_path):
                 f"--teacher={teacher_dir}", "--teacher_temperature=2")
   task_lib.run(c)
   assert (tmp_path / "student" / "model.keras").exists()
+
+
+@pytest.mark.slow
+def test_killed_process_resumes_to_the_same_weights(records, tmp_path):
+  """SIGKILL `python -m noisy_student.train` after its first checkpoint, rerun it: the
+  deterministic run ends at the same step with the same weights as an uninterrupted one."""
+  import signal
+  import time
+
+  import numpy as np
+
+  def command(model_dir):
+    return [sys.executable, "-m", "noisy_student.train", f"--model_dir={model_dir}",
+            f"--train_pattern={records}/lab-*", f"--unlabeled_pattern={records}/unl-*",
+            "--unlabeled_ratio=1", "--deterministic", "--train_steps=8",
+            "--checkpoint_every_steps=2", "--dropout_rate=0.3", *TINY]
+
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+  subprocess.run(command(tmp_path / "whole"), check=True, cwd=REPO, env=env, timeout=600,
+                 capture_output=True)
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(command(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not (killed / "ckpt" / "ckpt-2.index").exists():
+    assert proc.poll() is None and time.time() < deadline
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "model.keras").exists()
+  subprocess.run(command(killed), check=True, cwd=REPO, env=env, timeout=600,
+                 capture_output=True)
+  a, _ = model_io.load_model(str(tmp_path / "whole"))
+  b, config = model_io.load_model(str(killed))
+  assert config["train_steps"] == 8
+  for x, y in zip(a.get_weights(), b.get_weights()):
+    np.testing.assert_array_equal(x, y)
