@@ -95,11 +95,18 @@ def remove_stale_shards(output_dir: str, split: str, keep: set[str]) -> list[str
 
 def make_tfrecords(source, output_dir: str, *, num_shards: int, seed: int,
                    split_name: str | None = None, num_workers: int = 0,
-                   show_progress: bool = True) -> dict:
-  """Writes `source` as shards plus a summary JSON; returns the summary dict."""
+                   max_examples: int = 0, show_progress: bool = True) -> dict:
+  """Writes `source` as shards plus a summary JSON; returns the summary dict.
+
+  `max_examples` > 0 keeps a seeded random subset of that many items (in source order),
+  for smoke runs and quick experiments on real data.
+  """
   start = time.time()
   split = split_name or source.split
   items = source.items()
+  if 0 < max_examples < len(items):
+    keep = np.sort(np.random.default_rng(seed).permutation(len(items))[:max_examples])
+    items = [items[i] for i in keep]
   shards = assign_shards(len(items), num_shards, seed)
   names = [shard_name(split, i, num_shards) for i in range(num_shards)]
   tf.io.gfile.makedirs(output_dir)
@@ -127,6 +134,7 @@ def make_tfrecords(source, output_dir: str, *, num_shards: int, seed: int,
       "split": split,
       "seed": seed,
       "num_shards": num_shards,
+      "max_examples": max_examples,
       "files": names,
       "num_records": sum(counts.values()),
       "num_skipped": len(skipped),
@@ -154,6 +162,8 @@ def define_flags():
   flags.DEFINE_string("split_name", None, "File prefix; default: the source's split "
                       "(train/test for Fashion-MNIST, the TFDS split, train for folders).")
   flags.DEFINE_integer("num_workers", 0, "Writer threads; 0: min(num_shards, CPUs).")
+  flags.DEFINE_integer("max_examples", 0, "Keep only a seeded random subset of this "
+                       "many images (0: all).")
   flags.DEFINE_string("fashion_mnist_dir", sources.DEFAULT_FASHION_MNIST_DIR,
                       "Directory with the Fashion-MNIST IDX .gz files.")
   flags.DEFINE_string("cache_dir", sources.DEFAULT_CACHE_DIR,
@@ -168,7 +178,8 @@ def main(argv):
                                cache_dir=FLAGS.cache_dir, tfds_data_dir=FLAGS.tfds_data_dir)
   summary = make_tfrecords(source, FLAGS.output_dir, num_shards=FLAGS.num_shards,
                            seed=FLAGS.seed, split_name=FLAGS.split_name,
-                           num_workers=FLAGS.num_workers)
+                           num_workers=FLAGS.num_workers,
+                           max_examples=FLAGS.max_examples)
   print(f"wrote {summary['num_records']} records ({summary['num_skipped']} skipped) to "
         f"{FLAGS.output_dir} in {summary['seconds']} s; per class: "
         f"{summary['counts_per_class']}")

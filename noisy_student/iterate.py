@@ -51,6 +51,8 @@ class ExperimentConfig:
   num_classes: int = 10
   image_size: int = 32
   record_shards: int = 4
+  max_train_images: int = 0  # 0: all 60,000; smaller for smoke runs
+  max_test_images: int = 0  # 0: all 10,000
   labeled_per_class: int = 100
   dev_per_class: int = 10
   iterations: int = 3
@@ -91,13 +93,14 @@ class ExperimentConfig:
 
 def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
   records = c.path("data", "records")
-  make = lambda split: ("data.make_tfrecords", f"--source=fashion_mnist:{split}",
-                        f"--fashion_mnist_dir={c.fashion_mnist_dir}",
-                        f"--output_dir={records}", f"--split_name={split}",
-                        f"--num_shards={c.record_shards}", f"--seed={c.seed}")
+  make = lambda split, limit: (
+      "data.make_tfrecords", f"--source=fashion_mnist:{split}",
+      f"--fashion_mnist_dir={c.fashion_mnist_dir}", f"--output_dir={records}",
+      f"--split_name={split}", f"--num_shards={c.record_shards}", f"--seed={c.seed}",
+      f"--max_examples={limit}")
   return [
-      driver.Stage("data/records_train", (make("train"),)),
-      driver.Stage("data/records_test", (make("test"),)),
+      driver.Stage("data/records_train", (make("train", c.max_train_images),)),
+      driver.Stage("data/records_test", (make("test", c.max_test_images),)),
       driver.Stage("data/split", ((
           "data.split", f"--input_pattern={records}/train-*",
           f"--output_dir={c.path('data', 'split')}",

@@ -23,6 +23,10 @@ F.DEFINE_string("workdir", None, "Where every stage writes its outputs.", requir
 F.DEFINE_string("fashion_mnist_dir", "/usr/share/datasets/fashion-mnist",
                 "Directory with the four Fashion-MNIST IDX files.")
 F.DEFINE_integer("seed", 0, "Seed of the split, the training runs and the selection.")
+F.DEFINE_integer("max_train_images", 0,
+                 "Use a seeded subset of the 60,000 training images (0: all).")
+F.DEFINE_integer("max_test_images", 0, "Likewise for the 10,000 test images.")
+F.DEFINE_integer("record_shards", 4, "TFRecord shards per split.")
 F.DEFINE_integer("labeled_per_class", 100, "Labeled training images per class.")
 F.DEFINE_integer("dev_per_class", 10,
                  "Of those, held out per class as the dev split (evaluation during "
@@ -69,7 +73,8 @@ F.DEFINE_list("extra_train_flags", [], "More flags for every noisy_student.train
 F.DEFINE_bool("print_only", False, "Print the stage commands and exit.")
 FLAGS = F.FLAGS
 
-UNLABELED_IMAGES = 60000  # Fashion-MNIST train; refined by the split summary when known.
+TRAIN_IMAGES = 60000  # Fashion-MNIST's training set.
+NUM_CLASSES = 10
 
 
 def config_from_flags() -> iterate.ExperimentConfig:
@@ -77,10 +82,14 @@ def config_from_flags() -> iterate.ExperimentConfig:
   depths = [float(d) for d in FLAGS.student_depths]
   depths += depths[-1:] * (len(widths) - len(depths))
   widths += widths[-1:] * (len(depths) - len(widths))
-  images_per_class = FLAGS.images_per_class or (
-      (UNLABELED_IMAGES // 10) - FLAGS.labeled_per_class)
+  # Default K: the unlabeled images per class, so balancing keeps the set's size.
+  train_images = FLAGS.max_train_images or TRAIN_IMAGES
+  images_per_class = FLAGS.images_per_class or max(
+      1, train_images // NUM_CLASSES - FLAGS.labeled_per_class)
   return iterate.ExperimentConfig(
       workdir=FLAGS.workdir, fashion_mnist_dir=FLAGS.fashion_mnist_dir, seed=FLAGS.seed,
+      num_classes=NUM_CLASSES, max_train_images=FLAGS.max_train_images,
+      max_test_images=FLAGS.max_test_images, record_shards=FLAGS.record_shards,
       labeled_per_class=FLAGS.labeled_per_class, dev_per_class=FLAGS.dev_per_class,
       iterations=FLAGS.iterations,
       teacher=iterate.ModelSpec(FLAGS.model_name, FLAGS.teacher_width, FLAGS.teacher_depth),

@@ -209,6 +209,23 @@ def test_fashion_mnist_records(tmp_path):
   assert sorted(seen) == list(range(20))
 
 
+def test_max_examples_keeps_a_seeded_subset(tmp_path):
+  _tiny_fashion_mnist(str(tmp_path / "idx"), "train")
+  source = sources.make_source("fashion_mnist:train", fashion_mnist_dir=str(tmp_path / "idx"))
+
+  def ids(seed, out):
+    summary = make_tfrecords.make_tfrecords(source, str(tmp_path / out), num_shards=2,
+                                            seed=seed, max_examples=7, show_progress=False)
+    assert summary["num_records"] == 7 and summary["max_examples"] == 7
+    return sorted(_feature(ex, schema.ID) for name in summary["files"]
+                  for ex in _records(tmp_path / out / name))
+
+  first = ids(0, "a")
+  assert len(set(first)) == 7
+  assert ids(0, "b") == first
+  assert ids(1, "c") != first
+
+
 def test_folder_source_is_deterministic_and_skips_corrupt_images(class_folder, tmp_path):
   def run(seed, out):
     source = sources.make_source(f"folder:{class_folder}")
