@@ -549,7 +549,8 @@ def _adversarial_table(r: dict, baseline: dict | None) -> str:
 
 
 def _bar(ax, values: dict, ylabel: str, xlabel: str):
-  ax.bar(list(values), [100 * v for v in values.values()])
+  ax.bar(np.arange(len(values)), [100 * v for v in values.values()])
+  ax.set_xticks(np.arange(len(values)), list(values))
   ax.set_ylabel(ylabel + " (%)")
   ax.set_xlabel(xlabel)
 
@@ -557,7 +558,7 @@ def _bar(ax, values: dict, ylabel: str, xlabel: str):
 def _severity_plot(ax, r: dict, baseline: dict | None):
   sev = r["severities"]
   for corr, per in r["errors"].items():
-    ax.plot(sev, [100 * (1 - per[s]) for s in sev], alpha=0.35, lw=1)
+    ax.plot(sev, [100 * (1 - per[s]) for s in sev], alpha=0.45, lw=1, label=corr)
   mean = [100 * (1 - np.mean([per[s] for per in r["errors"].values()])) for s in sev]
   ax.plot(sev, mean, "k-o", lw=2.5, label="this model (mean)")
   if baseline is not None:
@@ -569,8 +570,8 @@ def _severity_plot(ax, r: dict, baseline: dict | None):
   ax.set_xlabel("severity")
   ax.set_ylabel("top-1 accuracy (%)")
   ax.set_xticks(sev)
-  ax.legend(fontsize=8)
-  ax.set_title("Accuracy vs corruption severity (thin: each corruption)")
+  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  ax.set_title("Accuracy vs corruption severity")
 
 
 def _fp_plot(ax, r: dict, baseline: dict | None):
@@ -615,7 +616,7 @@ def write_outputs(output_dir: str, results: dict, table: str, plots: dict) -> li
     fig.tight_layout()
     with fileio.atomic_path(path) as tmp:
       with tf.io.gfile.GFile(tmp, "wb") as f:
-        fig.savefig(f, format="png", dpi=110)
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     paths.append(path)
   results = dict(results, plots=[os.path.basename(p) for p in paths])
