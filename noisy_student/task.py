@@ -57,6 +57,9 @@ class TaskConfig:
     loss: the loss configuration (ratio, label type, weighting, smoothing, ...).
     num_labeled_examples: size of the labeled set (epochs are labeled epochs).
     shuffle_buffer: records in each shuffle buffer.
+    freeze_until: FixRes-style fine-tuning (paper Sec. 3.1): every layer before the
+      first one whose name starts with this prefix (e.g. "block6") is frozen, its BN in
+      inference mode ("" = train everything).
   """
   train_pattern: str
   num_classes: int
@@ -84,6 +87,7 @@ class TaskConfig:
   loss: losses.LossConfig = losses.LossConfig()
   num_labeled_examples: int = 0
   shuffle_buffer: int = 16384
+  freeze_until: str = ""
   seed: int = 0
   deterministic: bool = False
 
@@ -184,11 +188,14 @@ class ClassificationTask:
 
   def build_model(self, *, for_training: bool) -> keras.Model:
     c = self.config
-    return efficientnet.build_model(
+    model = efficientnet.build_model(
         c.model_name, num_classes=c.num_classes, input_shape=self._input_shape(),
         dropout_rate=c.dropout_rate, stochastic_depth_rate=c.stochastic_depth_rate,
         small_image=c.small_image, sync_batch_norm=c.sync_batch_norm and for_training,
         width_coefficient=c.width_coefficient, depth_coefficient=c.depth_coefficient)
+    if c.freeze_until:
+      freeze_layers_before(model, c.freeze_until)
+    return model
 
   def setup(self) -> None:
     """Loads the frozen online teacher (inside the strategy scope)."""
@@ -279,6 +286,22 @@ class ClassificationTask:
         tf.reduce_sum(labeled) * num_replicas, 1.0)
     return parts["loss"], {"labeled_ce": parts["labeled_ce"],
                            "unlabeled_ce": parts["unlabeled_ce"], "accuracy": accuracy}
+
+
+def freeze_layers_before(model: keras.Model, prefix: str) -> list[str]:
+  """Freezes every layer before the first whose name starts with `prefix`.
+
+  Returns the frozen layer names. Frozen BatchNormalization layers run in inference
+  mode (Keras 3), as the fixed shallow layers of FixRes fine-tuning should.
+  """
+  names = [layer.name for layer in model.layers]
+  first = next((i for i, name in enumerate(names) if name.startswith(prefix)), None)
+  if first is None:
+    raise ValueError(f"freeze_until={prefix!r}: no layer name starts with it "
+                     f"(layers are named like {names[1]!r} .. {names[-1]!r})")
+  for layer in model.layers[:first]:
+    layer.trainable = False
+  return names[:first]
 
 
 def _read_model_config(path: str):

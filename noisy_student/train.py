@@ -111,6 +111,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
        "plain mean over the concatenated batch (what the paper's Sec. 3 text says).")
   string("teacher", None, "Online mode: frozen teacher model_dir labelling clean "
          "copies of the unlabeled images in-graph.")
+  string("freeze_until", "", "FixRes fine-tuning: freeze every layer before the "
+         "first whose name starts with this prefix (e.g. block6).")
   string("init_from", None, "Warm start (paper Study #8): a model_dir / .keras "
          "file or a trainer checkpoint (its EMA weights).")
 
@@ -192,7 +194,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> task_lib.TrainConfi
       train_batch_size=fv.train_batch_size, eval_batch_size=fv.eval_batch_size,
       teacher=fv.teacher or "", sync_batch_norm=fv.sync_batch_norm, loss=loss,
       num_labeled_examples=num_labeled, shuffle_buffer=fv.shuffle_buffer,
-      seed=fv.seed, deterministic=fv.deterministic)
+      freeze_until=fv.freeze_until or "", seed=fv.seed, deterministic=fv.deterministic)
   trainer = trainer_lib.TrainerConfig(
       model_dir=fv.model_dir, train_steps=train_steps,
       schedule=_schedule(fv, num_labeled, train_steps), steps_per_loop=fv.steps_per_loop,
