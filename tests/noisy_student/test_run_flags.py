@@ -1,0 +1,54 @@
+"""Every driver flagfile parses with `noisy_student.run`'s flags and yields a plan."""
+import glob
+import os
+import subprocess
+import sys
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+DRIVER_COMMAND = "python -m noisy_student.run --flagfile=flags/"
+
+# One subprocess for all files: run.py defines its flags on absl's global FLAGS.
+CHECK = r"""
+import sys
+from absl import flags
+from noisy_student import iterate, run
+for path in sys.argv[1:]:
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["run", f"--flagfile={path}", "--workdir=/tmp/unused"])
+  config = run.config_from_flags()
+  stages = iterate.plan(config)
+  print(path, config.iterations, len(stages))
+"""
+
+
+def _driver_flagfiles():
+  files = []
+  for path in sorted(glob.glob(os.path.join(REPO, "flags", "*.flags"))):
+    with open(path) as f:
+      head = f.read().split("\n--", 1)[0]
+    if DRIVER_COMMAND in head:
+      assert head.startswith("#")
+      assert DRIVER_COMMAND + os.path.basename(path) in head, path
+      files.append(os.path.relpath(path, REPO))
+  return files
+
+
+def test_driver_flagfiles_parse_and_plan():
+  files = _driver_flagfiles()
+  assert "flags/fashion_mnist_demo.flags" in files and len(files) >= 7
+  result = subprocess.run([sys.executable, "-c", CHECK, *files], cwd=REPO,
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  iterations = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()}
+  assert iterations["flags/fashion_mnist_demo.flags"] == 1
+  assert iterations["flags/fashion_mnist.flags"] == 3
+
+
+def test_unknown_driver_flag_is_rejected(tmp_path):
+  bad = tmp_path / "bad.flags"
+  bad.write_text("--flagfile=flags/fashion_mnist_demo.flags\n--studnet_noise\n")
+  result = subprocess.run([sys.executable, "-c", CHECK, str(bad)], cwd=REPO,
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode != 0 and "studnet_noise" in result.stderr
