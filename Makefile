@@ -10,7 +10,7 @@ WORKDIR ?= runs/demo
 DEMO_FLAGS ?= flags/fashion_mnist_demo.flags
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-jax demo bench clean
+.PHONY: install test test-slow test-jax demo bench robustness clean
 
 install: $(STAMP)
 
@@ -42,3 +42,26 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-jax .pytest_cache
+
+# Robustness of the final student vs its labels-only teacher on Fashion-MNIST-C / -P and
+# FGSM / PGD (README "Fashion-MNIST robustness"); reads the models of $(WORKDIR).
+ROBUST_N ?= 1000
+robustness: $(STAMP)
+	set -e; W=$(WORKDIR); R=$$W/robustness; \
+	S=$$(ls -d $$W/iter*/student | sort -V | tail -1); T=$$W/iter0/teacher; \
+	test -d $$W/data/fmnist-c || $(PY) -m data.make_corrupted \
+	    --input_pattern="$$W/data/records/test-*" --output_dir=$$W/data/fmnist-c \
+	    --max_examples=$(ROBUST_N); \
+	for who in teacher student; do \
+	  m=$$T; base=; \
+	  if [ $$who = student ]; then m=$$S; fi; \
+	  for suite in clean corruptions perturbations adversarial; do \
+	    if [ $$who = student ] && [ $$suite != clean ]; then \
+	      base=--baseline_results=$$R/teacher/$$suite/results.json; else base=; fi; \
+	    test -f $$R/$$who/$$suite/results.json || $(PY) -m noisy_student.evaluate \
+	      --model=$$m --suite=$$suite --output_dir=$$R/$$who/$$suite \
+	      --data_pattern="$$W/data/records/test-*" --max_examples=$(ROBUST_N) \
+	      --corruption_pattern="$$W/data/fmnist-c/{corruption}/{severity}/*.tfrecord" $$base; \
+	  done; \
+	done; \
+	echo "student: $$S"; cat $$R/student/*/results.md
