@@ -1,0 +1,92 @@
+"""Smoke run of the whole driver on a few hundred real Fashion-MNIST images.
+
+Two iterations of a tiny model, a few steps each: checks that every stage leaves its
+outputs and marker, that the counts agree from stage to stage, and that rerunning the
+same command skips every finished stage.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from noisy_student import iterate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FMNIST = "/usr/share/datasets/fashion-mnist"
+TRAIN, TEST, LABELED, DEV = 400, 100, 6, 2
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST),
+                                reason="needs the dataset-fashion-mnist package")
+
+
+def _run(workdir):
+  argv = [sys.executable, "-m", "noisy_student.run", f"--workdir={workdir}",
+          f"--max_train_images={TRAIN}", f"--max_test_images={TEST}",
+          f"--labeled_per_class={LABELED}", f"--dev_per_class={DEV}", "--iterations=2",
+          "--teacher_width=0.1", "--teacher_depth=0.1", "--student_widths=0.1,0.15",
+          "--student_depths=0.1", "--batch_size=8", "--unlabeled_ratio=2",
+          "--teacher_train_steps=6", "--student_train_steps=6", "--eval_every_steps=0",
+          "--record_shards=2", "--label_shards=2", "--images_per_class=20",
+          "--min_threshold=0",  # A 6-step teacher is never confident.
+          "--extra_train_flags=--steps_per_loop=3,--eval_batch_size=32"]
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result.stdout
+
+
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _count(pattern):
+  import tensorflow as tf
+  return sum(1 for f in glob.glob(pattern) for _ in tf.data.TFRecordDataset(f))
+
+
+def test_driver_smoke_run_and_resume(tmp_path):
+  workdir = str(tmp_path / "work")
+  first = _run(workdir)
+  config = iterate.ExperimentConfig(workdir=workdir, iterations=2)
+  stages = [s.name for s in iterate.plan(config)]
+  for name in stages:
+    assert os.path.exists(os.path.join(workdir, ".stages", name.replace("/", "__") + ".json"))
+    assert f"[{name}] starting" in first
+
+  split = _json(os.path.join(workdir, "data", "split", "split_summary.json"))
+  assert _count(f"{workdir}/data/split/labeled-*") == 10 * (LABELED - DEV)
+  assert _count(f"{workdir}/data/split/dev-*") == 10 * DEV
+  unlabeled = _count(f"{workdir}/data/split/unlabeled-*")
+  assert unlabeled == TRAIN - 10 * LABELED, split
+  assert _count(f"{workdir}/data/records/test-*") == TEST
+
+  for i in (1, 2):
+    stats = [_json(p) for p in glob.glob(f"{workdir}/iter{i}/predictions/stats-*.json")]
+    assert len(stats) == 2
+    assert sum(s["num_images"] for s in stats) == unlabeled
+    assert _count(f"{workdir}/iter{i}/predictions/*.tfrecord") == unlabeled
+    selection = _json(f"{workdir}/iter{i}/selected/selection.json")
+    assert selection["complete"]
+    assert _count(f"{workdir}/iter{i}/selected/*.tfrecord") == selection["total_written"]
+    assert os.path.exists(f"{workdir}/iter{i}/student/model.keras")
+
+  report = _json(os.path.join(workdir, "report.json"))
+  assert 0 <= report["baseline_accuracy"] <= 1
+  assert [it["iteration"] for it in report["iterations"]] == [1, 2]
+  for it in report["iterations"]:
+    assert 0 <= it["teacher_accuracy"] <= 1 and 0 <= it["student_accuracy"] <= 1
+    assert it["num_pseudo_labeled"] > 0
+  assert report["iterations"][1]["teacher_accuracy"] == report["iterations"][0][
+      "student_accuracy"]
+  assert report["iterations"][1]["student_model"]["width"] == 0.15
+  for name in ("report.md", "report.png", "commands.sh"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+  again = _run(workdir)
+  assert "starting" not in again
+  assert again.count("done already, skipping") == len(stages)
