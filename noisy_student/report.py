@@ -7,7 +7,6 @@ Accuracies are test-set top-1 fractions in [0, 1], read from each model's
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 from data import fileio
@@ -127,6 +126,3 @@ def write(c: iterate.ExperimentConfig) -> dict:
   print(markdown(report), flush=True)
   return report
 
-
-if __name__ == "__main__":
-  print(json.dumps(collect(iterate.ExperimentConfig(workdir=os.sys.argv[1])), indent=2))
