@@ -77,6 +77,7 @@ class ExperimentConfig:
   balance: bool = True
   upsample: bool = True
   train_upper_bound: bool = False
+  upper_bound_train_steps: int = 0  # 0: student_train_steps
   extra_train_flags: tuple[str, ...] = ()
 
   def path(self, *parts: str) -> str:
@@ -149,7 +150,8 @@ def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
     bound = c.path("upper_bound")
     stages += [
         driver.Stage("upper_bound/train", (_train_command(
-            c, bound, c.teacher, c.noise, c.student_train_steps,
+            c, bound, c.teacher, c.noise,
+            c.upper_bound_train_steps or c.student_train_steps,
             f"{c.path('data', 'records')}/train-*"),)),
         _test_stage(c, "upper_bound/test", bound),
     ]

@@ -69,6 +69,8 @@ F.DEFINE_bool("balance", True, "Balance classes (ablation: --nobalance).")
 F.DEFINE_bool("upsample", True, "Duplicate images of under-represented classes.")
 F.DEFINE_bool("train_upper_bound", False,
               "Also train the teacher architecture on all training labels.")
+F.DEFINE_integer("upper_bound_train_steps", 0,
+                 "Training steps of that upper bound (0: --student_train_steps).")
 F.DEFINE_list("extra_train_flags", [], "More flags for every noisy_student.train run.")
 F.DEFINE_bool("print_only", False, "Print the stage commands and exit.")
 FLAGS = F.FLAGS
@@ -107,6 +109,7 @@ def config_from_flags() -> iterate.ExperimentConfig:
       min_threshold=FLAGS.min_threshold, images_per_class=images_per_class,
       balance=FLAGS.balance, upsample=FLAGS.upsample,
       train_upper_bound=FLAGS.train_upper_bound,
+      upper_bound_train_steps=FLAGS.upper_bound_train_steps,
       extra_train_flags=tuple(FLAGS.extra_train_flags))
 
 

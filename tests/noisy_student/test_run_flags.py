@@ -52,3 +52,37 @@ def test_unknown_driver_flag_is_rejected(tmp_path):
                           capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode != 0 and "studnet_noise" in result.stderr
+
+
+PLAN = r"""
+import sys
+from absl import flags
+from noisy_student import driver, iterate, run
+flags.FLAGS(["run", *sys.argv[1:]])
+for stage in iterate.plan(run.config_from_flags()):
+  for command in stage.commands:
+    print(stage.name, driver.display(command))
+"""
+
+
+def _plan(*args):
+  result = subprocess.run([sys.executable, "-c", PLAN, *args], cwd=REPO,
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout.splitlines()
+
+
+def test_headline_continues_the_demo():
+  """The headline's first iteration is the demo, command for command, so a finished demo
+  workdir is a valid start of a headline workdir; the headline adds iterations 2 and 3
+  and the all-labels bound at its own step count."""
+  demo = _plan("--flagfile=flags/fashion_mnist_demo.flags", "--workdir=runs/x", "--seed=1")
+  headline = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--seed=1")
+  bound = [line for line in headline if line.startswith("upper_bound/")]
+  assert [line for line in headline if line not in bound][:len(demo)] == demo
+  assert {line.split()[0] for line in headline[len(demo) + len(bound):]} == {
+      f"iter{i}/{s}" for i in (2, 3) for s in ("label", "select", "student", "student_test")}
+  assert "--train_steps=2000" in bound[0] and "--train_pattern=runs/x/data/records/train-*" in bound[0]
+  assert "--init_from=runs/x/iter2/student" in next(
+      line for line in headline if line.startswith("iter3/student "))
