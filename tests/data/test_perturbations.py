@@ -93,8 +93,27 @@ def test_image_seed_depends_only_on_id_and_seed():
   assert not np.array_equal(a, P.image_seed(tf.constant("img-1"), 1))
 
 
+def test_snow_is_a_whitened_image_under_a_falling_flake_field():
+  image, seed = _image(), (5, 6)
+  frames = P.perturbation_sequence(image, "snow", num_frames=5, seed=seed).numpy()
+  grey = image.mean(-1, keepdims=True)
+  base = 0.8 * image + 0.2 * np.maximum(image, 1.5 * grey + 127.5)  # by hand
+  field = P.snow_field(32, 32, tf.constant(seed)).numpy()
+  assert 0.03 < (field == 1).mean() < 0.09 and set(np.unique(field)) <= {0, 0.5, 1}
+  fall = P.snow_fall(32, 5).numpy()
+  np.testing.assert_array_equal(fall, [0, 4, 8, 12, 16])  # half the height in all
+  for k, f in enumerate(fall):
+    layer = field[32 - f:64 - f]
+    expected = np.clip(np.round(base + 255 * layer[..., None]), 0, 255)
+    np.testing.assert_array_equal(frames[k], expected)
+  # Snow falls: every full flake of frame 0 is white in frame 1, 4 rows lower.
+  flakes0 = field[32:64] == 1
+  assert flakes0[:-4].sum() > 20
+  assert (frames[1][4:][flakes0[:-4]] == 255).all()
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="unknown perturbation"):
-    P.perturbation_sequence(_image(), "snow")
+    P.perturbation_sequence(_image(), "hail")
   with pytest.raises(ValueError, match="num_frames"):
     P.perturbation_sequence(_image(), "rotate", num_frames=1)
