@@ -21,6 +21,11 @@ import os
 
 from noisy_student import driver
 
+FASHION_MNIST_TRAIN_IMAGES = 60000
+# noisy_student.train's defaults (official): schedule periods in labeled epochs.
+WARMUP_EPOCHS = 5.0
+LR_DECAY_EPOCHS = 2.4
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
@@ -79,6 +84,15 @@ class ExperimentConfig:
   train_upper_bound: bool = False
   upper_bound_train_steps: int = 0  # 0: student_train_steps
   extra_train_flags: tuple[str, ...] = ()
+
+  @property
+  def num_labeled(self) -> int:
+    """Labeled training images (the dev split excluded)."""
+    return (self.labeled_per_class - self.dev_per_class) * self.num_classes
+
+  @property
+  def num_train_images(self) -> int:
+    return self.max_train_images or FASHION_MNIST_TRAIN_IMAGES
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -147,12 +161,19 @@ def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
       _test_stage(c, "iter0/teacher_test", teacher),
   ]
   if c.train_upper_bound:
+    # The trainer counts warmup and decay in epochs of its labeled set; on all the
+    # training images those epochs are num_train_images / num_labeled times longer, so
+    # they are scaled back: the bound gets the teacher's schedule step for step, and
+    # differs from it only in the labels (and the steps, if set).
+    scale = c.num_labeled / c.num_train_images
     bound = c.path("upper_bound")
     stages += [
         driver.Stage("upper_bound/train", (_train_command(
             c, bound, c.teacher, c.noise,
             c.upper_bound_train_steps or c.student_train_steps,
-            f"{c.path('data', 'records')}/train-*"),)),
+            f"{c.path('data', 'records')}/train-*",
+            (f"--warmup_epochs={WARMUP_EPOCHS * scale:.6g}",
+             f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}")),)),
         _test_stage(c, "upper_bound/test", bound),
     ]
   return stages
