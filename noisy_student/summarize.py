@@ -1,0 +1,112 @@
+r"""One table from the `report.json` of several driver workdirs (seeds, ablations).
+
+  python -m noisy_student.summarize runs/fmnist_s0 runs/fmnist_s1 runs/fmnist_s2
+  python -m noisy_student.summarize runs/demo runs/ablation_* --no_mean
+
+Prints a markdown table with a row per workdir: the labels-only baseline, each
+iteration's student and its gain over its own teacher, the all-labels bound and the
+fraction of the baseline-to-bound gap the last student recovered; then (unless
+--no_mean) the mean and sample standard deviation over the rows. Accuracies are
+test-set top-1 in percent, read from the files the driver wrote, never typed in.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from data import fileio
+
+flags.DEFINE_bool("mean", True, "Add a mean +- sd row.")
+flags.DEFINE_string("output", None, "Also write the table to this file (atomically).")
+FLAGS = flags.FLAGS
+
+
+def load(workdir: str) -> dict:
+  path = os.path.join(workdir, "report.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no report (has the driver finished in {workdir}?)")
+  report = fileio.read_json(path)
+  for key in ("baseline_accuracy", "iterations"):
+    if key not in report:
+      raise ValueError(f"{path}: not a driver report (no {key!r})")
+  return report
+
+
+def gap_recovered(report: dict) -> float | None:
+  """(last student - baseline) / (all labels - baseline); None without a bound."""
+  bound, base = report.get("all_labels_accuracy"), report["baseline_accuracy"]
+  last = report["iterations"][-1]["student_accuracy"] if report["iterations"] else None
+  if None in (bound, base, last) or bound <= base:
+    return None
+  return (last - base) / (bound - base)
+
+
+def row(report: dict) -> dict[str, float | None]:
+  """Column name -> value (percent, or a fraction for the gap)."""
+  pct = lambda x: None if x is None else 100 * x
+  values = {"baseline": pct(report["baseline_accuracy"])}
+  for it in report["iterations"]:
+    i, student, teacher = it["iteration"], it["student_accuracy"], it["teacher_accuracy"]
+    values[f"iteration {i}"] = pct(student)
+    values[f"gain {i}"] = (None if None in (student, teacher) else 100 * (student - teacher))
+  if "all_labels_accuracy" in report:
+    values["all labels"] = pct(report["all_labels_accuracy"])
+    values["gap recovered"] = gap_recovered(report)
+  return values
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+  mean = sum(xs) / len(xs)
+  sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+  return mean, sd
+
+
+def _cell(column: str, x: float | None) -> str:
+  if x is None:
+    return "-"
+  if column.startswith("gain"):
+    return f"{x:+.2f}"
+  if column == "gap recovered":
+    return f"{x:.2f}"
+  return f"{x:.2f}%"
+
+
+def table(workdirs: list[str], mean: bool = True) -> str:
+  rows = [(w, row(load(w))) for w in workdirs]
+  columns = []
+  for _, values in rows:
+    columns += [c for c in values if c not in columns]
+  lines = ["| workdir | " + " | ".join(columns) + " |",
+           "|---" * (len(columns) + 1) + "|"]
+  for w, values in rows:
+    lines.append(f"| {w} | " + " | ".join(_cell(c, values.get(c)) for c in columns) + " |")
+  if mean and len(rows) > 1:
+    cells = []
+    for c in columns:
+      xs = [v[c] for _, v in rows if v.get(c) is not None]
+      if len(xs) < len(rows):
+        cells.append("-")
+        continue
+      m, sd = _mean_sd(xs)
+      cells.append(f"{_cell(c, m)} ± {sd:.2f}")
+    lines.append("| mean ± sd | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  workdirs = argv[1:]
+  if not workdirs:
+    raise app.UsageError("give one or more driver workdirs")
+  text = table(workdirs, FLAGS.mean)
+  sys.stdout.write(text)
+  if FLAGS.output:
+    fileio.write_text_atomic(FLAGS.output, text)
+
+
+if __name__ == "__main__":
+  app.run(main)

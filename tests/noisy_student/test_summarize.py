@@ -1,0 +1,72 @@
+"""noisy_student.summarize: exact cells from tiny hand-made reports."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from noisy_student import summarize
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+
+
+def _workdir(tmp_path, name, baseline, students, bound=None):
+  d = tmp_path / name
+  d.mkdir()
+  teachers = [baseline] + students[:-1]
+  report = {"baseline_accuracy": baseline, "iterations": [
+      {"iteration": i + 1, "teacher_accuracy": t, "student_accuracy": s}
+      for i, (t, s) in enumerate(zip(teachers, students))]}
+  if bound is not None:
+    report["all_labels_accuracy"] = bound
+  (d / "report.json").write_text(json.dumps(report))
+  return str(d)
+
+
+def test_gap_recovered():
+  report = {"baseline_accuracy": 0.70, "all_labels_accuracy": 0.90,
+            "iterations": [{"iteration": 1, "teacher_accuracy": 0.7, "student_accuracy": 0.80}]}
+  assert summarize.gap_recovered(report) == pytest.approx(0.5)
+  del report["all_labels_accuracy"]
+  assert summarize.gap_recovered(report) is None
+
+
+def test_table_rows_and_mean(tmp_path):
+  a = _workdir(tmp_path, "a", 0.70, [0.75, 0.78], bound=0.90)
+  b = _workdir(tmp_path, "b", 0.72, [0.74, 0.80], bound=0.92)
+  lines = summarize.table([a, b]).splitlines()
+  assert lines[0] == ("| workdir | baseline | iteration 1 | gain 1 | iteration 2 | gain 2 "
+                      "| all labels | gap recovered |")
+  assert lines[2] == f"| {a} | 70.00% | 75.00% | +5.00 | 78.00% | +3.00 | 90.00% | 0.40 |"
+  assert lines[3] == f"| {b} | 72.00% | 74.00% | +2.00 | 80.00% | +6.00 | 92.00% | 0.40 |"
+  # Sample sd of (70, 72) is sqrt(2) = 1.41; gains 5 and 2 -> 3.5 +- 2.12.
+  assert lines[4] == ("| mean ± sd | 71.00% ± 1.41 | 74.50% ± 0.71 | +3.50 ± 2.12 | 79.00% ± 1.41 "
+                      "| +4.50 ± 2.12 | 91.00% ± 1.41 | 0.40 ± 0.00 |")
+
+
+def test_missing_columns_and_no_mean(tmp_path):
+  a = _workdir(tmp_path, "a", 0.70, [0.75])
+  b = _workdir(tmp_path, "b", 0.70, [0.75, 0.76])
+  lines = summarize.table([a, b]).splitlines()
+  assert lines[2].endswith("| 75.00% | +5.00 | - | - |")
+  assert lines[4].endswith("| - | - |")  # no mean over a column some rows lack
+  assert len(summarize.table([a, b], mean=False).splitlines()) == 4
+
+
+def test_errors_name_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="report.json"):
+    summarize.load(str(tmp_path))
+  (tmp_path / "report.json").write_text("{}")
+  with pytest.raises(ValueError, match="not a driver report"):
+    summarize.load(str(tmp_path))
+
+
+def test_command_line_writes_the_table(tmp_path):
+  a = _workdir(tmp_path, "a", 0.70, [0.75], bound=0.80)
+  out = tmp_path / "table.md"
+  result = subprocess.run([sys.executable, "-m", "noisy_student.summarize", a,
+                           f"--output={out}"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+  assert result.returncode == 0, result.stderr
+  assert out.read_text() == result.stdout and "| 0.50 |" in result.stdout
