@@ -145,11 +145,16 @@ def _train_command(c: ExperimentConfig, model_dir: str, model: ModelSpec,
           f"--seed={c.seed}") + extra + c.extra_train_flags
 
 
+def test_dir(model_dir: str) -> str:
+  """Where a model's clean test-set evaluation (results.json) goes."""
+  return os.path.join(model_dir, "test")
+
+
 def _test_stage(c: ExperimentConfig, name: str, model_dir: str) -> driver.Stage:
   return driver.Stage(name, ((
       "noisy_student.evaluate", f"--model={model_dir}", "--suite=clean",
       f"--data_pattern={c.path('data', 'records')}/test-*",
-      f"--output_dir={os.path.join(model_dir, 'test')}"),))
+      f"--output_dir={test_dir(model_dir)}"),))
 
 
 def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:

@@ -16,7 +16,7 @@ from noisy_student import iterate
 
 def test_accuracy(model_dir: str) -> float | None:
   """Top-1 of the clean test evaluation written by `noisy_student.evaluate`."""
-  path = os.path.join(model_dir, "test", "results.json")
+  path = os.path.join(iterate.test_dir(model_dir), "results.json")
   if not os.path.exists(path):
     return None
   return float(fileio.read_json(path)["top1"])
