@@ -55,8 +55,8 @@ F.DEFINE_enum("unlabeled_augment", "randaugment", ["randaugment", "standard", "n
 F.DEFINE_enum("label_type", "soft", ["soft", "hard"], "Pseudo-label type.")
 F.DEFINE_float("teacher_temperature", 1.0, "Softmax temperature of the pseudo labels.")
 F.DEFINE_bool("noised_teacher", False,
-              "Ablation: the teacher labels with its noise on (dropout, stochastic "
-              "depth, augmentation) instead of un-noised.")
+              "Ablation: the teacher labels with its model noise on (dropout and "
+              "stochastic depth; the images stay clean) instead of un-noised.")
 F.DEFINE_bool("init_student_from_teacher", False,
               "Warm-start each student from its teacher (paper Study #8).")
 F.DEFINE_integer("label_shards", 2, "Labelling / selection jobs per iteration.")
