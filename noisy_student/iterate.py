@@ -166,17 +166,17 @@ def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
       _test_stage(c, "iter0/teacher_test", teacher),
   ]
   if c.train_upper_bound:
-    # The trainer counts warmup and decay in epochs of its labeled set; on all the
-    # training images those epochs are num_train_images / num_labeled times longer, so
-    # they are scaled back: the bound gets the teacher's schedule step for step, and
-    # differs from it only in the labels (and the steps, if set).
-    scale = c.num_labeled / c.num_train_images
+    # The bound follows the teacher's schedule stretched over its own length: the
+    # trainer counts warmup and decay in epochs of its labeled set, which are
+    # num_train_images / num_labeled times longer on all the labels, so the periods are
+    # scaled back to the teacher's steps, then stretched by bound_steps / teacher_steps.
+    # (Unstretched, the 0.97 decay every ~34 steps leaves a long bound no learning rate.)
+    steps = c.upper_bound_train_steps or c.student_train_steps
+    scale = c.num_labeled / c.num_train_images * steps / c.teacher_train_steps
     bound = c.path("upper_bound")
     stages += [
         driver.Stage("upper_bound/train", (_train_command(
-            c, bound, c.teacher, c.noise,
-            c.upper_bound_train_steps or c.student_train_steps,
-            f"{c.path('data', 'records')}/train-*",
+            c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
             (f"--warmup_epochs={WARMUP_EPOCHS * scale:.6g}",
              f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}")),)),
         _test_stage(c, "upper_bound/test", bound),
