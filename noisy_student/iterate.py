@@ -83,6 +83,7 @@ class ExperimentConfig:
   upsample: bool = True
   train_upper_bound: bool = False
   upper_bound_train_steps: int = 0  # 0: student_train_steps
+  upper_bound_batch_size: int = 0  # 0: batch_size
   extra_train_flags: tuple[str, ...] = ()
 
   @property
@@ -128,14 +129,14 @@ def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
 
 def _train_command(c: ExperimentConfig, model_dir: str, model: ModelSpec,
                    noise: NoiseSpec, steps: int, train_pattern: str,
-                   extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+                   extra: tuple[str, ...] = (), batch_size: int = 0) -> tuple[str, ...]:
   return ("noisy_student.train", f"--model_dir={model_dir}",
           f"--train_pattern={train_pattern}",
           f"--eval_pattern={c.path('data', 'split')}/dev-*",
           f"--num_classes={c.num_classes}", f"--image_size={c.image_size}",
           "--small_image", f"--model_name={model.name}",
           f"--width_coefficient={model.width}", f"--depth_coefficient={model.depth}",
-          f"--train_batch_size={c.batch_size}", f"--train_steps={steps}",
+          f"--train_batch_size={batch_size or c.batch_size}", f"--train_steps={steps}",
           f"--eval_every_steps={c.eval_every_steps}",
           f"--augment={noise.augment}",
           f"--randaugment_magnitude={noise.randaugment_magnitude}",
@@ -169,16 +170,18 @@ def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
     # The bound follows the teacher's schedule stretched over its own length: the
     # trainer counts warmup and decay in epochs of its labeled set, which are
     # num_train_images / num_labeled times longer on all the labels, so the periods are
-    # scaled back to the teacher's steps, then stretched by bound_steps / teacher_steps.
+    # scaled back to the teacher's, then stretched by the ratio of training images seen.
     # (Unstretched, the 0.97 decay every ~34 steps leaves a long bound no learning rate.)
     steps = c.upper_bound_train_steps or c.student_train_steps
-    scale = c.num_labeled / c.num_train_images * steps / c.teacher_train_steps
+    batch = c.upper_bound_batch_size or c.batch_size
+    stretch = steps * batch / (c.teacher_train_steps * c.batch_size)
+    scale = c.num_labeled / c.num_train_images * stretch
     bound = c.path("upper_bound")
     stages += [
         driver.Stage("upper_bound/train", (_train_command(
             c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
             (f"--warmup_epochs={WARMUP_EPOCHS * scale:.6g}",
-             f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}")),)),
+             f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}"), batch),)),
         _test_stage(c, "upper_bound/test", bound),
     ]
   return stages

@@ -71,6 +71,9 @@ F.DEFINE_bool("train_upper_bound", False,
               "Also train the teacher architecture on all training labels.")
 F.DEFINE_integer("upper_bound_train_steps", 0,
                  "Training steps of that upper bound (0: --student_train_steps).")
+F.DEFINE_integer("upper_bound_batch_size", 0,
+                 "Its images per step (0: --batch_size); the learning rate scales with "
+                 "it as the trainer's does, and its schedule stretches to its length.")
 F.DEFINE_list("extra_train_flags", [], "More flags for every noisy_student.train run.")
 F.DEFINE_bool("print_only", False, "Print the stage commands and exit.")
 FLAGS = F.FLAGS
@@ -110,6 +113,7 @@ def config_from_flags() -> iterate.ExperimentConfig:
       balance=FLAGS.balance, upsample=FLAGS.upsample,
       train_upper_bound=FLAGS.train_upper_bound,
       upper_bound_train_steps=FLAGS.upper_bound_train_steps,
+      upper_bound_batch_size=FLAGS.upper_bound_batch_size,
       extra_train_flags=tuple(FLAGS.extra_train_flags))
 
 

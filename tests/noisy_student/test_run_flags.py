@@ -83,9 +83,10 @@ def test_headline_continues_the_demo():
   assert [line for line in headline if line not in bound][:len(demo)] == demo
   assert {line.split()[0] for line in headline[len(demo) + len(bound):]} == {
       f"iter{i}/{s}" for i in (2, 3) for s in ("label", "select", "student", "student_test")}
-  assert "--train_steps=13000" in bound[0] and "--train_pattern=runs/x/data/records/train-*" in bound[0]
-  # 900 of 60,000 images labeled, 13,000 bound steps vs 1,000 teacher steps: the
-  # teacher's schedule stretched 13x (5 and 2.4 epochs * 900/60000 * 13).
+  assert "--train_steps=3250" in bound[0] and "--train_batch_size=256" in bound[0]
+  assert "--train_pattern=runs/x/data/records/train-*" in bound[0]
+  # 900 of 60,000 images labeled; 3,250 x 256 bound images vs 1,000 x 64 teacher images:
+  # the teacher's schedule stretched 13x (5 and 2.4 epochs * 900/60000 * 13).
   assert "--warmup_epochs=0.975 --lr_decay_epochs=0.468" in bound[0]
   assert "--init_from=runs/x/iter2/student" in next(
       line for line in headline if line.startswith("iter3/student "))
