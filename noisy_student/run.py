@@ -78,7 +78,6 @@ F.DEFINE_list("extra_train_flags", [], "More flags for every noisy_student.train
 F.DEFINE_bool("print_only", False, "Print the stage commands and exit.")
 FLAGS = F.FLAGS
 
-TRAIN_IMAGES = 60000  # Fashion-MNIST's training set.
 NUM_CLASSES = 10
 
 
@@ -88,7 +87,7 @@ def config_from_flags() -> iterate.ExperimentConfig:
   depths += depths[-1:] * (len(widths) - len(depths))
   widths += widths[-1:] * (len(depths) - len(widths))
   # Default K: the unlabeled images per class, so balancing keeps the set's size.
-  train_images = FLAGS.max_train_images or TRAIN_IMAGES
+  train_images = FLAGS.max_train_images or iterate.FASHION_MNIST_TRAIN_IMAGES
   images_per_class = FLAGS.images_per_class or max(
       1, train_images // NUM_CLASSES - FLAGS.labeled_per_class)
   return iterate.ExperimentConfig(

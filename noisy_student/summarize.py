@@ -1,12 +1,12 @@
 r"""One table from the `report.json` of several driver workdirs (seeds, ablations).
 
   python -m noisy_student.summarize runs/fmnist_s0 runs/fmnist_s1 runs/fmnist_s2
-  python -m noisy_student.summarize runs/demo runs/ablation_* --no_mean
+  python -m noisy_student.summarize runs/demo runs/ablation_* --nomean
 
 Prints a markdown table with a row per workdir: the labels-only baseline, each
 iteration's student and its gain over its own teacher, the all-labels bound and the
 fraction of the baseline-to-bound gap the last student recovered; then (unless
---no_mean) the mean and sample standard deviation over the rows. Accuracies are
+--nomean) the mean and sample standard deviation over the rows. Accuracies are
 test-set top-1 in percent, read from the files the driver wrote, never typed in.
 """
 
