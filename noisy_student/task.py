@@ -75,9 +75,10 @@ class TaskConfig:
   stochastic_depth_rate: float = 0.2
   augment: str = "randaugment"
   unlabeled_augment: str = "randaugment"
-  randaugment_layers: int = 2
-  randaugment_magnitude: float = 27.0
-  flip: bool = True
+  # The input-noise defaults are the preprocessing's (train.py's flags read these).
+  randaugment_layers: int = PreprocessConfig.randaugment_layers
+  randaugment_magnitude: float = PreprocessConfig.randaugment_magnitude
+  flip: bool = PreprocessConfig.flip
   unlabeled_pattern: str = ""
   eval_pattern: str = ""
   train_batch_size: int = 2048

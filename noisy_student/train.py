@@ -11,6 +11,8 @@ same command resumes from the last checkpoint in --model_dir. See README "Traini
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import sys
 
@@ -28,6 +30,17 @@ from noisy_student import trainer as trainer_lib
 
 AUGMENTS = ["randaugment", "standard", "none"]
 FLAG_NAMES: list[str] = []  # Filled by define_flags.
+
+
+def _default(config_class, field: str):
+  """The default of a config dataclass field: a flag reads it, so it lives in one place."""
+  return next(f.default for f in dataclasses.fields(config_class) if f.name == field)
+
+
+of_task = functools.partial(_default, task_lib.TaskConfig)
+of_trainer = functools.partial(_default, trainer_lib.TrainerConfig)
+of_loss = functools.partial(_default, losses.LossConfig)
+of_schedule = functools.partial(_default, optimization.ScheduleConfig)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValues:
@@ -48,15 +61,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
        "multi-worker cluster in TF_CONFIG, else the CPU.")
   string("tpu", None, "TPU name or grpc:// address (implies --strategy=tpu under "
          "auto); 'local' on a TPU VM.")
-  enum("precision", "float32", list(trainer_lib.PRECISIONS),
+  enum("precision", of_trainer("precision"), list(trainer_lib.PRECISIONS),
        "bfloat16 (TPU) or float16 (GPU, with dynamic loss scaling) mixed precision; "
        "logits, losses and variables stay float32.")
-  integer("steps_per_loop", 100, "Steps per host call (and per progress line).")
-  integer("checkpoint_every_steps", 1000, "Checkpoint period (and at the end).")
-  integer("keep_checkpoints", 5, "Checkpoints kept.")
-  integer("eval_every_steps", 0, "Evaluation period (EMA weights); 0: at the end only.")
-  integer("max_eval_batches", 0, "Evaluate on at most this many batches (0: all).")
-  enum("data_position", "skip", list(trainer_lib.DATA_POSITIONS),
+  integer("steps_per_loop", of_trainer("steps_per_loop"),
+          "Steps per host call (and per progress line).")
+  integer("checkpoint_every_steps", of_trainer("checkpoint_every_steps"),
+          "Checkpoint period (and at the end).")
+  integer("keep_checkpoints", of_trainer("keep_checkpoints"), "Checkpoints kept.")
+  integer("eval_every_steps", of_trainer("eval_every_steps"),
+          "Evaluation period (EMA weights); 0: at the end only.")
+  integer("max_eval_batches", of_trainer("max_eval_batches"),
+          "Evaluate on at most this many batches (0: all).")
+  enum("data_position", of_trainer("data_position"), list(trainer_lib.DATA_POSITIONS),
        "Where a resumed run restarts its input: 'skip' replays it and drops the "
        "consumed batches (exact with --deterministic; redoes their preprocessing); "
        "'epoch' restarts at the labeled epoch in progress (cheap; ImageNet-size data).")
@@ -65,7 +82,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
           "TF op determinism and a fixed input order (bit-reproducible; slower).")
 
   # Model.
-  string("model_name", "efficientnet-b0", "efficientnet-b0 .. b8, efficientnet-l2.")
+  string("model_name", of_task("model_name"), "efficientnet-b0 .. b8, efficientnet-l2.")
   real("width_coefficient", None, "Overrides the variant's width.")
   real("depth_coefficient", None, "Overrides the variant's depth.")
   boolean("small_image", False, "32x32 variant (block groups 2, 3 with stride 1).")
@@ -73,40 +90,47 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
   integer("eval_image_size", 0, "Evaluation / export input size; 0: --image_size.")
   integer("num_classes", 1000, "Number of classes.")
   real("dropout_rate", None, "Head dropout (noise); default: the variant's.")
-  real("stochastic_depth_rate", 0.2, "Maximum stochastic-depth rate (noise).")
-  boolean("sync_batch_norm", False, "Batch statistics across replicas.")
+  real("stochastic_depth_rate", of_task("stochastic_depth_rate"),
+       "Maximum stochastic-depth rate (noise).")
+  boolean("sync_batch_norm", of_task("sync_batch_norm"),
+          "Batch statistics across replicas.")
 
   # Data.
   string("train_pattern", None, "Labeled training TFRecords (glob, comma-separated).")
   string("eval_pattern", None, "Evaluation TFRecords; none: no evaluation.")
   string("unlabeled_pattern", None,
          "Unlabeled TFRecords: pseudo-labeled (offline) or raw (with --teacher).")
-  integer("label_offset", 0, "Subtracted from stored labels (1: ImageNet TPU files).")
-  integer("train_batch_size", 2048, "LABELED images per step (global).")
-  integer("eval_batch_size", 1024, "Evaluation batch (global).")
+  integer("label_offset", of_task("label_offset"),
+          "Subtracted from stored labels (1: ImageNet TPU files).")
+  integer("train_batch_size", of_task("train_batch_size"),
+          "LABELED images per step (global).")
+  integer("eval_batch_size", of_task("eval_batch_size"), "Evaluation batch (global).")
   integer("num_labeled_examples", 0,
           "Labeled set size (defines epochs); 0: counted from --train_pattern.")
   enum("preprocess_mode", None, ["imagenet", "small"],
        "Input path; default: small with --small_image, else imagenet.")
-  enum("augment", "randaugment", AUGMENTS,
+  enum("augment", of_task("augment"), AUGMENTS,
        "Input noise of labeled images: randaugment, standard (crop + flip), none.")
   enum("unlabeled_augment", None, AUGMENTS,
        "Input noise of unlabeled images only (default: --augment); 'none' is the "
        "paper's ablation without noise on unlabeled images.")
-  real("randaugment_magnitude", 10.0, "RandAugment magnitude M (official scale).")
-  integer("randaugment_layers", 2, "RandAugment ops per image N.")
-  boolean("flip", True, "Random horizontal flips (off for digits, e.g. SVHN).")
-  integer("shuffle_buffer", 16384, "Records per shuffle buffer.")
+  real("randaugment_magnitude", of_task("randaugment_magnitude"),
+       "RandAugment magnitude M (official scale).")
+  integer("randaugment_layers", of_task("randaugment_layers"),
+          "RandAugment ops per image N.")
+  boolean("flip", of_task("flip"), "Random horizontal flips (off for digits, e.g. SVHN).")
+  integer("shuffle_buffer", of_task("shuffle_buffer"), "Records per shuffle buffer.")
 
   # Student.
-  real("unlabeled_ratio", 0.0, "r: unlabeled images per labeled image in a batch.")
-  enum("label_type", "soft", list(losses.LABEL_TYPES),
+  real("unlabeled_ratio", of_loss("unlabeled_ratio"),
+       "r: unlabeled images per labeled image in a batch.")
+  enum("label_type", of_loss("label_type"), list(losses.LABEL_TYPES),
        "Pseudo labels: soft (teacher distribution) or hard (one-hot argmax, "
        "smoothed like labels).")
-  real("teacher_temperature", 1.0,
+  real("teacher_temperature", of_loss("teacher_temperature"),
        "Soft labels: online softmax(z / T); offline p^(1/T) renormalised (leave 1 "
        "when noisy_student.label already applied its --temperature).")
-  enum("loss_weighting", "official", list(losses.WEIGHTINGS),
+  enum("loss_weighting", of_loss("weighting"), list(losses.WEIGHTINGS),
        "official: mean labeled CE + r * mean unlabeled CE (released code); mean: the "
        "plain mean over the concatenated batch (what the paper's Sec. 3 text says).")
   string("teacher", None, "Online mode: frozen teacher model_dir labelling clean "
@@ -119,19 +143,23 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
   # Optimisation (official defaults).
   integer("train_steps", 0, "Total steps; 0: from --train_epochs.")
   real("train_epochs", 0.0, "Total labeled epochs (if --train_steps is 0).")
-  enum("optimizer", "rmsprop", ["rmsprop", "momentum", "sgd"],
+  enum("optimizer", of_trainer("optimizer"), ["rmsprop", "momentum", "sgd"],
        "rmsprop: official (rho 0.9, momentum 0.9, eps 1e-3, slots start at 1).")
-  real("base_learning_rate", 0.016, "Learning rate per 256 labeled images.")
+  real("base_learning_rate", of_schedule("base_lr"),
+       "Learning rate per 256 labeled images.")
   real("final_base_lr", None, "Solve the decay period so training ends at this "
        "base learning rate (official SVHN: 2e-4); overrides --lr_decay_epochs.")
-  enum("lr_schedule", "exponential", ["exponential", "cosine", "constant"],
+  enum("lr_schedule", of_schedule("kind"), ["exponential", "cosine", "constant"],
        "After warmup: exponential staircase (official), cosine or constant.")
-  real("warmup_epochs", 5.0, "Linear warmup, labeled epochs.")
-  real("lr_decay_epochs", 2.4, "Staircase period in labeled epochs (4.8 for 700).")
-  real("lr_decay_factor", 0.97, "Staircase factor.")
-  real("weight_decay", 1e-5, "L2 on non-BN weights: wd * sum(v^2) / 2.")
-  real("label_smoothing", 0.1, "Label smoothing of labels and hard pseudo labels.")
-  real("moving_average_decay", 0.9999,
+  real("warmup_epochs", of_schedule("warmup_epochs"), "Linear warmup, labeled epochs.")
+  real("lr_decay_epochs", of_schedule("decay_epochs"),
+       "Staircase period in labeled epochs (4.8 for 700).")
+  real("lr_decay_factor", of_schedule("decay_factor"), "Staircase factor.")
+  real("weight_decay", of_trainer("weight_decay"),
+       "L2 on non-BN weights: wd * sum(v^2) / 2.")
+  real("label_smoothing", of_loss("label_smoothing"),
+       "Label smoothing of labels and hard pseudo labels.")
+  real("moving_average_decay", of_trainer("moving_average_decay"),
        "EMA decay (num_updates warmup); 0 disables the EMA.")
   flags.mark_flags_as_required(["model_dir", "train_pattern"], flag_values=flag_values)
   return flag_values
@@ -175,7 +203,7 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> task_lib.TrainConfi
   loss = losses.LossConfig(
       label_smoothing=fv.label_smoothing, label_type=fv.label_type,
       unlabeled_ratio=fv.unlabeled_ratio, weighting=fv.loss_weighting,
-      teacher_temperature=fv.teacher_temperature, weight_decay=fv.weight_decay)
+      teacher_temperature=fv.teacher_temperature)
   task = task_lib.TaskConfig(
       train_pattern=fv.train_pattern, num_classes=fv.num_classes,
       image_size=image_size, model_name=fv.model_name,

@@ -201,3 +201,33 @@ def test_killed_process_resumes_to_the_same_weights(records, tmp_path):
   assert config["train_steps"] == 8
   for x, y in zip(a.get_weights(), b.get_weights()):
     np.testing.assert_array_equal(x, y)
+
+
+# Flags named differently from the config field they set.
+_FIELD_OF_FLAG = {"loss_weighting": "weighting", "lr_schedule": "kind",
+                  "base_learning_rate": "base_lr", "lr_decay_epochs": "decay_epochs",
+                  "lr_decay_factor": "decay_factor"}
+
+
+def test_every_flag_default_is_its_config_default():
+  """One default per setting: a flag's default is the default of the field it sets."""
+  import dataclasses
+
+  from data.preprocessing import PreprocessConfig
+  from noisy_student import losses, optimization, trainer
+  fv = parse("--model_dir=x", "--train_pattern=y")
+  classes = (task_lib.TaskConfig, trainer.TrainerConfig, losses.LossConfig,
+             optimization.ScheduleConfig, PreprocessConfig)
+  checked = set()
+  for cls in classes:
+    for field in dataclasses.fields(cls):
+      names = [n for n in train.FLAG_NAMES if _FIELD_OF_FLAG.get(n, n) == field.name]
+      if not names or field.default is dataclasses.MISSING:
+        continue
+      flag_default = fv[names[0]].default
+      if flag_default is None or field.default is None:
+        continue  # "Unset": the variant's value, or derived from other flags.
+      assert flag_default == field.default, (names[0], cls.__name__)
+      checked.add(names[0])
+  assert {"randaugment_magnitude", "randaugment_layers", "flip", "weight_decay",
+          "label_smoothing", "steps_per_loop"} <= checked
