@@ -203,11 +203,9 @@ class Evaluator:
     self.model, self.model_config = model_io.load_model(config.model)
     self.num_classes = int(self.model_config["num_classes"])
     self.image_size = int(self.model_config["image_size"])
-    mode = config.preprocess_mode
-    if mode == "auto":
-      mode = "small" if self.model_config.get("small_image") else "imagenet"
-    self.preprocess = preprocessing.PreprocessConfig(self.image_size, mode=mode,
-                                                     augment="none")
+    self.preprocess = model_io.eval_preprocess(self.model_config)
+    if config.preprocess_mode != "auto":
+      self.preprocess = dataclasses.replace(self.preprocess, mode=config.preprocess_mode)
     self.logits = tf.function(self._logits, reduce_retracing=True)
 
   def _logits(self, images):
@@ -713,7 +711,8 @@ def define_flags(flag_values=None):
   flags.DEFINE_integer("label_offset", 0, "1 for 1-based ImageNet TPU TFRecords.", **kw)
   flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N images (0: all).", **kw)
   flags.DEFINE_enum("preprocess_mode", "auto", ["auto", "imagenet", "small"],
-                    "Eval preprocessing; auto: small for small-image models.", **kw)
+                    "Eval preprocessing; auto: the model's stored preprocess_mode (older "
+                    "model dirs: small for small-image models).", **kw)
   flags.DEFINE_bool("per_class", False, "clean: also per-class top-1.", **kw)
   flags.DEFINE_string("class_subset", "", "imagenet_a | comma list | FILE of class indices.",
                       **kw)

@@ -254,9 +254,7 @@ class Teacher:
     return int(self.config["num_classes"])
 
   def preprocess(self) -> PreprocessConfig:
-    mode = "small" if self.config["small_image"] else "imagenet"
-    return PreprocessConfig(image_size=int(self.config["image_size"]), mode=mode,
-                            augment="none")
+    return model_io.eval_preprocess(self.config)
 
   def soft_labels(self, images: tf.Tensor) -> tf.Tensor:
     """images: [b, S, S, 3] float32 in [0, 255] -> [b, C] float32 q ∝ p^(1/T)."""

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import efficientnet  # noqa: F401  Registers the custom layers with Keras' loader.
 from data import fileio
+from data.preprocessing import PreprocessConfig
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "model_config.json"
@@ -56,3 +57,15 @@ def load_model(path: str) -> tuple[keras.Model, dict]:
   config.setdefault("image_size", int(model.input_shape[1]))
   config.setdefault("small_image", config["image_size"] <= 64)
   return model, config
+
+
+def eval_preprocess(config: dict) -> PreprocessConfig:
+  """The clean (evaluation) preprocessing of a model, from its stored config.
+
+  The one place that decides how a trained model sees images at test time: labelling,
+  evaluation and the online teacher all call it. `preprocess_mode` is the training
+  path the trainer stored; model dirs written before it was stored fall back to
+  `small_image` (small-image networks were trained on the small path).
+  """
+  mode = config.get("preprocess_mode") or ("small" if config["small_image"] else "imagenet")
+  return PreprocessConfig(image_size=int(config["image_size"]), mode=mode, augment="none")

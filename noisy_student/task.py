@@ -228,12 +228,7 @@ class ClassificationTask:
       return pipeline.train_dataset(c.train_pattern, global_batch_size=c.train_batch_size,
                                     **common)
     online = bool(c.teacher)
-    clean = None
-    if online:
-      clean = PreprocessConfig(image_size=int(self.teacher_config["image_size"]),
-                               mode=self.teacher_config.get("preprocess_mode",
-                                                            c.preprocess_mode),
-                               augment="none")
+    clean = model_io.eval_preprocess(self.teacher_config) if online else None
     return pipeline.labeled_unlabeled_dataset(
         c.train_pattern, c.unlabeled_pattern, labeled_batch_size=c.train_batch_size,
         unlabeled_ratio=c.loss.unlabeled_ratio,
