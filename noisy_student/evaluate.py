@@ -166,10 +166,12 @@ def folder_dataset(source: Source, preprocess: preprocessing.PreprocessConfig,
 
 def iterate_batches(source: Source, *, preprocess, num_classes: int, batch_size: int,
                     label_offset: int = 0, max_examples: int = 0) -> Iterator[dict]:
-  """NumPy batches with "image", "label", "id" and "valid" (a real, decoded row).
+  """NumPy batches with "image", "label", "id" and "valid" (a real, decoded, labeled row).
 
-  With max_examples, rows past the first `max_examples` valid ones are marked invalid and
-  iteration stops.
+  Rows that are not valid are never scored; each batch also counts the ones that matter:
+  "failed" (records that could not be read) and "unlabeled" (label -1). With
+  max_examples, rows past the first `max_examples` valid ones are marked invalid (and
+  not counted) and iteration stops.
   """
   if source.kind == "tfrecord":
     from data import pipeline  # pylint: disable=g-import-not-at-top
@@ -180,14 +182,19 @@ def iterate_batches(source: Source, *, preprocess, num_classes: int, batch_size:
     ds = folder_dataset(source, preprocess, batch_size)
   seen = 0
   for batch in ds.as_numpy_iterator():
-    valid = (batch["mask"] > 0) & (batch["ok"] > 0) & (batch["label"] >= 0)
+    real = batch["mask"] > 0
+    read = real & (batch["ok"] > 0)
+    valid = read & (batch["label"] >= 0)
     if max_examples:
       valid &= np.cumsum(valid) + seen <= max_examples
+    done = bool(max_examples) and seen + int(valid.sum()) >= max_examples
+    if done:  # Rows after the last one used are not looked at.
+      real &= np.arange(len(real)) <= np.flatnonzero(valid)[-1]
     seen += int(valid.sum())
     yield {"image": batch["image"], "label": batch["label"].astype(np.int64),
-           "id": batch["id"], "valid": valid,
-           "failed": int(((batch["mask"] > 0) & (batch["ok"] == 0)).sum())}
-    if max_examples and seen >= max_examples:
+           "id": batch["id"], "valid": valid, "failed": int((real & ~read).sum()),
+           "unlabeled": int((real & read & (batch["label"] < 0)).sum())}
+    if done:
       return
 
 
@@ -207,26 +214,38 @@ class Evaluator:
     if config.preprocess_mode != "auto":
       self.preprocess = dataclasses.replace(self.preprocess, mode=config.preprocess_mode)
     self.logits = tf.function(self._logits, reduce_retracing=True)
+    # Per source: records read but not scored ({"failed_records", "unlabeled_records"}).
+    self.skipped: dict[str, dict[str, int]] = {}
 
   def _logits(self, images):
     return tf.cast(self.model(images, training=False), tf.float32)
 
   def batches(self, source: Source) -> Iterator[dict]:
+    """`iterate_batches` of `source`; a full pass records its skipped rows."""
     c = self.config
-    return iterate_batches(source, preprocess=self.preprocess, num_classes=self.num_classes,
-                           batch_size=c.batch_size, label_offset=c.label_offset,
-                           max_examples=c.max_examples)
+    tally = {"failed_records": 0, "unlabeled_records": 0}
+    for batch in iterate_batches(source, preprocess=self.preprocess,
+                                 num_classes=self.num_classes, batch_size=c.batch_size,
+                                 label_offset=c.label_offset, max_examples=c.max_examples):
+      tally["failed_records"] += batch["failed"]
+      tally["unlabeled_records"] += batch["unlabeled"]
+      yield batch
+    self.skipped[source.path] = tally
 
-  def accuracy(self, source: Source, subset=None, top_k=(1, 5)) -> tuple[rb.AccuracyMeter, int]:
-    """(meter, failed records) over one source; `subset` masks the logits."""
-    meter, failed = rb.AccuracyMeter(self.num_classes, top_k), 0
+  def skipped_total(self) -> dict[str, int]:
+    """Skipped rows summed over the distinct sources read (each counted once)."""
+    return {k: sum(t[k] for t in self.skipped.values())
+            for k in ("failed_records", "unlabeled_records")}
+
+  def accuracy(self, source: Source, subset=None, top_k=(1, 5)) -> rb.AccuracyMeter:
+    """Top-k accuracy over one source; `subset` masks the logits."""
+    meter = rb.AccuracyMeter(self.num_classes, top_k)
     for batch in self.batches(source):
       logits = self.logits(batch["image"]).numpy()
       if subset is not None:
         logits = rb.mask_logits(logits, subset)
       meter.update(logits, batch["label"], batch["valid"])
-      failed += batch["failed"]
-    return meter, failed
+    return meter
 
 
 def clean_source(config: EvalConfig, label_map=None, crop: bool = True) -> Source:
@@ -268,8 +287,8 @@ def run_accuracy(ev: Evaluator) -> tuple[dict, str, dict]:
   if c.image_folder and subset is not None:
     n = len(folder_files(c.image_folder)[2])
     label_map = subset if n == len(subset) and n != ev.num_classes else None
-  meter, failed = ev.accuracy(clean_source(c, label_map), subset)
-  results = dict(meter.result(), failed_records=failed)
+  meter = ev.accuracy(clean_source(c, label_map), subset)
+  results = meter.result()
   if subset is not None:
     results["class_subset"] = list(subset)
   if c.per_class:
@@ -318,7 +337,7 @@ def run_corruptions(ev: Evaluator) -> tuple[dict, str, dict]:
   for corruption in c.corruptions:
     errors[corruption], top5_errors[corruption], counts[corruption] = {}, {}, {}
     for severity in c.severities:
-      meter, _ = ev.accuracy(corruption_source(c, corruption, severity))
+      meter = ev.accuracy(corruption_source(c, corruption, severity))
       res = meter.result()
       errors[corruption][severity] = 1 - res["top1"]
       top5_errors[corruption][severity] = 1 - res["top5"]
@@ -329,7 +348,7 @@ def run_corruptions(ev: Evaluator) -> tuple[dict, str, dict]:
              "mean_error": float(np.mean([e for v in errors.values() for e in v.values()])),
              "clean_error": None, "severities": list(c.severities)}
   if c.data_pattern or c.image_folder:
-    meter, _ = ev.accuracy(clean_source(c))
+    meter = ev.accuracy(clean_source(c))
     results["clean_error"] = 1 - meter.result()["top1"]
   results["normalization"] = _corruption_normalisation(how, baseline, c, results)
   return results, _corruption_table(results), {"accuracy_vs_severity": (
@@ -657,9 +676,14 @@ def evaluate(config: EvalConfig) -> dict:
   results, table, plots = run(ev)
   data = (config.corruption_pattern or config.corruption_root
           if config.suite == "corruptions" else config.data_pattern or config.image_folder)
+  skipped = ev.skipped_total()
   results = {"suite": config.suite, "model": config.model, "model_config": ev.model_config,
              "data": data, "config": dataclasses.asdict(config),
-             "seconds": round(time.time() - start, 1), **results}
+             "seconds": round(time.time() - start, 1), **results, **skipped}
+  if len(ev.skipped) > 1:
+    results["skipped_by_source"] = ev.skipped
+  table += (f"\n\n- not scored: {skipped['unlabeled_records']} records without a label, "
+            f"{skipped['failed_records']} records that could not be read")
   write_outputs(config.output_dir, results, table, plots)
   return results
 

@@ -199,3 +199,18 @@ def test_config_errors(setup):
     ev.EvalConfig(model="m", suite="corruptions", output_dir="o")
   with pytest.raises(ValueError, match="separate --output_dir"):
     run(setup, "clean", "--suite=adversarial", f"--data_pattern={setup['data']}")
+
+
+def test_records_without_a_label_are_counted_and_reported(setup):
+  """Unlabeled records cannot be scored; they are counted, never silently dropped."""
+  labels = np.array(setup["labels"])
+  labels[[1, 5, 6]] = -1
+  write_records(str(setup["root"] / "partly/test-00000.tfrecord"), setup["images"], labels)
+  r = run(setup, "partly_out", "--suite=clean",
+          f"--data_pattern={setup['root'] / 'partly/test-*'}")
+  assert r["count"] == N - 3 and r["unlabeled_records"] == 3 and r["failed_records"] == 0
+  table = (setup["root"] / "partly_out/results.md").read_text()
+  assert "3 records without a label" in table
+  adv = run(setup, "partly_adv", "--suite=adversarial", "--epsilons=0", "--attacks=fgsm",
+            f"--data_pattern={setup['root'] / 'partly/test-*'}")
+  assert adv["unlabeled_records"] == 3
