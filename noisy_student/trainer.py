@@ -465,6 +465,9 @@ class Trainer:
     clock = None  # (time, step) after the first loop, which includes tracing.
     has_eval = self.task.has_eval
     last_eval = None
+    if has_eval and self._is_periodic_eval(step) and not self._evaluated(step):
+      # The run was stopped after this step's checkpoint, before its evaluation.
+      last_eval = self.evaluate()
     while step < c.train_steps:
       n = self._next_boundary(step) - step
       t0 = time.time()
@@ -480,8 +483,7 @@ class Trainer:
         raise FloatingPointError(f"loss is {sums['loss']} at step {step}")
       if step % c.checkpoint_every_steps == 0 or step == c.train_steps:
         self.save_checkpoint()
-      if has_eval and c.eval_every_steps and step % c.eval_every_steps == 0 \
-          and step < c.train_steps:
+      if has_eval and self._is_periodic_eval(step):
         last_eval = self.evaluate()
       if on_loop_end is not None:
         on_loop_end(step)
@@ -490,6 +492,16 @@ class Trainer:
     if not self._already_exported(step):
       self.export()
     return last_eval
+
+  def _is_periodic_eval(self, step: int) -> bool:
+    """An evaluation step inside the run (the final one is done after the loop)."""
+    every = self.config.eval_every_steps
+    return bool(every) and 0 < step < self.config.train_steps and step % every == 0
+
+  def _evaluated(self, step: int) -> bool:
+    path = os.path.join(self.config.model_dir, EVAL_HISTORY_FILE)
+    return tf.io.gfile.exists(path) and any(
+        h["step"] == step for h in fileio.read_json(path))
 
   def _stored_eval(self, step: int) -> dict | None:
     """The stored evaluation of `step` (a rerun of a finished run re-evaluates nothing)."""

@@ -164,3 +164,32 @@ def test_config_checks():
     trainer_lib.TrainerConfig(model_dir="x", train_steps=0)
   with pytest.raises(ValueError, match="data_position"):
     trainer_lib.TrainerConfig(model_dir="x", train_steps=1, data_position="iterator")
+
+
+class _EvalKilledOnce(TinyTask):
+  """The first evaluation dies (as a process killed while evaluating would)."""
+
+  def __init__(self, config):
+    super().__init__(config)
+    self.kill = True
+
+  def eval_dataset(self, ctx):
+    if self.kill:
+      self.kill = False
+      raise Crash()
+    return super().eval_dataset(ctx)
+
+
+def test_resume_keeps_the_evaluation_of_the_resumed_step(tmp_path):
+  """Killed during the evaluation at step 4 (checkpoint 4 written): the rerun evaluates
+  step 4 before training on, so eval_history.json has every evaluation."""
+  task = _EvalKilledOnce(TinyConfig(unlabeled_ratio=1.0))
+  with pytest.raises(Crash):
+    make_trainer(tmp_path, task=task, eval_every_steps=4).train()
+  assert (tmp_path / "ckpt" / "ckpt-4.index").exists()
+  make_trainer(tmp_path, task=task, eval_every_steps=4).train()
+  history = json.loads((tmp_path / "eval_history.json").read_text())
+  assert [h["step"] for h in history] == [4, 8]
+  # A rerun of the finished run adds nothing.
+  make_trainer(tmp_path, task=task, eval_every_steps=4).train()
+  assert json.loads((tmp_path / "eval_history.json").read_text()) == history
