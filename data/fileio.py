@@ -10,11 +10,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 
+from absl import logging
 import tensorflow as tf
 
 TMP_MARK = ".tmp-"
+RECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".record")
+# Shard names without a suffix, e.g. `train-00000-of-01024` (the ImageNet TPU files).
+_SHARD_NAME = re.compile(r"-\d+-of-\d+$")
+_warned: set[str] = set()
 
 
 @contextlib.contextmanager
@@ -70,3 +76,38 @@ def list_files(pattern: str) -> list[str]:
   if not files:
     raise ValueError(f"no files match {pattern!r}")
   return files
+
+
+def _looks_like_records(path: str) -> bool:
+  """By name (a TFRecord suffix or a bare shard name), else by reading its first record."""
+  name = os.path.basename(path)
+  if name.endswith(RECORD_SUFFIXES) or _SHARD_NAME.search(name):
+    return True
+  size = tf.io.gfile.stat(path).length
+  if 0 < size < 16:  # Shorter than one empty record (8 + 4 + 0 + 4 bytes).
+    return False
+  try:
+    for _ in tf.data.TFRecordDataset(path).take(1):
+      pass
+  except tf.errors.DataLossError:  # Its first 12 bytes are not a TFRecord header.
+    return False
+  return True
+
+
+def list_record_files(pattern: str) -> list[str]:
+  """`list_files` without the files that are not TFRecords (warned about, once each).
+
+  A glob such as `selected/*` also matches the JSON summaries and PNG plots written
+  beside the records. Files named like records are taken without reading them (cheap
+  on gs://); only other names cost a read of their first record.
+  """
+  files = list_files(pattern)
+  records = [f for f in files if _looks_like_records(f)]
+  skipped = [f for f in files if f not in set(records) and f not in _warned]
+  if skipped:
+    _warned.update(skipped)
+    logging.warning("%r: skipping %d file(s) that are not TFRecords: %s", pattern,
+                    len(skipped), ", ".join(skipped))
+  if not records:
+    raise ValueError(f"no TFRecord files among the {len(files)} files matching {pattern!r}")
+  return records

@@ -91,7 +91,7 @@ def shard_files(files, shard_index: int, num_shards: int) -> list[str]:
 
 def _pipeline_files(pattern: str, input_context) -> tuple[list[str], list[int]]:
   """(files of this input pipeline, their indices in the full sorted list)."""
-  files = fileio.list_files(pattern)
+  files = fileio.list_record_files(pattern)
   indexed = list(enumerate(files))
   if input_context is not None:
     indexed = indexed[input_context.input_pipeline_id::input_context.num_input_pipelines]
@@ -118,7 +118,7 @@ def num_eval_batches(file_pattern: str, *, global_batch_size: int,
   The most any pipeline needs, rounded up to a multiple of the replicas per pipeline, so
   that every replica of every host runs the same number of steps. Reads every record.
   """
-  files = fileio.list_files(file_pattern)
+  files = fileio.list_record_files(file_pattern)
   pipelines = input_context.num_input_pipelines if input_context else 1
   replicas = input_context.num_replicas_in_sync // pipelines if input_context else 1
   batch = _per_replica(global_batch_size, input_context)
@@ -498,7 +498,7 @@ def eval_dataset(file_pattern: str, *, global_batch_size: int,
       `shard_files`); `input_context` still shards them.
   """
   if files is None:
-    files = fileio.list_files(file_pattern)
+    files = fileio.list_record_files(file_pattern)
   if input_context is not None:
     files = shard_files(files, input_context.input_pipeline_id,
                         input_context.num_input_pipelines)

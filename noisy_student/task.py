@@ -139,7 +139,7 @@ class ClassificationTask:
     if c.eval_pattern:
       self._check_labels(c.eval_pattern, allow_unlabeled=True, what="eval_pattern")
     if c.unlabeled_pattern:
-      files = fileio.list_files(c.unlabeled_pattern)
+      files = fileio.list_record_files(c.unlabeled_pattern)
       if not c.teacher:
         self._check_pseudo_labels(files)
     if c.teacher:
@@ -155,7 +155,7 @@ class ClassificationTask:
     return next(iter(ds.batch(_CHECK_RECORDS)), None)
 
   def _check_labels(self, pattern: str, *, allow_unlabeled: bool, what: str) -> None:
-    files = fileio.list_files(pattern)
+    files = fileio.list_record_files(pattern)
     batch = self._first_records(files)
     if batch is None:
       raise ValueError(f"{what}={pattern!r}: the files hold no records")

@@ -194,7 +194,7 @@ def _schedule(fv: flags.FlagValues, num_labeled: int,
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> task_lib.TrainConfig:
   """The frozen run configuration; counts the labeled records if not given."""
   num_labeled = fv.num_labeled_examples or pipeline.count_records(
-      fileio.list_files(fv.train_pattern))
+      fileio.list_record_files(fv.train_pattern))
   if num_labeled <= 0:
     raise ValueError(f"train_pattern={fv.train_pattern!r} holds no records")
   train_steps = _train_steps(fv, num_labeled)

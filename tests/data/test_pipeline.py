@@ -314,3 +314,12 @@ def test_eval_of_an_explicit_empty_file_list_gives_only_padding():
   batches = list(pipeline.eval_dataset("unused", num_batches=2, **kwargs))
   assert len(batches) == 2 and not any(b["mask"].numpy().any() for b in batches)
   assert batches[0]["label"].numpy().tolist() == [-1] * 4
+
+
+def test_training_pattern_may_match_json_and_png_beside_the_records(data_dir):
+  (data_dir / "selection.json").write_text("{}\n")
+  (data_dir / "selection.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+  ds = pipeline.labeled_unlabeled_dataset(
+      str(data_dir / "train-*"), str(data_dir / "*"), labeled_batch_size=2,
+      unlabeled_ratio=1, preprocess=TRAIN, num_classes=C, pseudo_labels=False)
+  assert _take(ds, 1)[0]["image"].shape == (4, 8, 8, 3)
