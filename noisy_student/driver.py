@@ -2,9 +2,16 @@
 
 Each stage is one or more `python -m ...` commands (labelling and selection run as N
 shard jobs, as they would on a cluster). A stage that succeeds writes a completion
-marker `workdir/.stages/<name>.json`; rerunning the driver skips marked stages and
-re-runs the unfinished one, whose own command resumes (the trainer from its last
-checkpoint, the labeller by skipping finished output files).
+marker `workdir/.stages/<name>.json` holding the stage's key: a hash of its commands
+(with the workdir written as `$WORKDIR`, so a copied workdir keeps its finished stages)
+and of the keys of the stages it reads from. Rerunning the driver skips a stage whose
+marker holds the same key. An unfinished stage with the same key resumes (the trainer
+from its last checkpoint, the labeller by skipping finished output files); a stage
+whose key changed (a setting changed, here or upstream) first deletes its outputs and
+runs afresh, and so, through their keys, do the stages downstream of it.
+
+The stage jobs die with the driver (Linux parent-death signal), so stopping the driver
+never leaves orphaned training or labelling jobs behind.
 
 Every command is also appended to `workdir/commands.sh`, so a user can run the same
 stages by hand, e.g. the labelling shards as N parallel jobs on a cluster.
@@ -12,10 +19,14 @@ stages by hand, e.g. the labelling shards as N parallel jobs on a cluster.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime
+import hashlib
+import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -34,10 +45,19 @@ class Stage:
     name: unique, path-like ("iter1/label").
     commands: argument lists for `python -m`, e.g. ("noisy_student.label", "--...").
     parallel: how many of the commands may run at the same time.
+    inputs: names of earlier stages whose outputs this one reads.
+    outputs: paths or glob patterns this stage writes; deleted before a rerun with
+      changed settings, so that no output of the old settings survives.
   """
   name: str
   commands: tuple[tuple[str, ...], ...]
   parallel: int = 1
+  inputs: tuple[str, ...] = ()
+  outputs: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if not self.commands:
+      raise ValueError(f"stage {self.name} has no commands (e.g. --label_shards=0)")
 
 
 def display(command: tuple[str, ...]) -> str:
@@ -54,19 +74,53 @@ class StageRunner:
     self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     os.makedirs(os.path.join(workdir, MARKER_DIR), exist_ok=True)
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+    self.keys: dict[str, str] = {}  # Stage name -> key, for the stages seen so far.
 
-  def marker_path(self, name: str) -> str:
-    return os.path.join(self.workdir, MARKER_DIR, name.replace("/", "__") + ".json")
+  def marker_path(self, name: str, suffix: str = "") -> str:
+    return os.path.join(self.workdir, MARKER_DIR,
+                        name.replace("/", "__") + suffix + ".json")
+
+  def _marker_key(self, name: str, suffix: str = "") -> str | None:
+    path = self.marker_path(name, suffix)
+    return fileio.read_json(path).get("key") if os.path.exists(path) else None
 
   def is_done(self, name: str) -> bool:
-    return os.path.exists(self.marker_path(name))
+    """Whether the stage finished with the settings it was last run with."""
+    key = self._marker_key(name)
+    return key is not None and key == self.keys.get(name, key)
+
+  def seconds(self, name: str) -> float:
+    """Wall time the finished stage took (0 if unfinished)."""
+    path = self.marker_path(name)
+    return float(fileio.read_json(path).get("seconds", 0)) if os.path.exists(path) else 0.0
+
+  def key(self, stage: Stage) -> str:
+    """Hash of the stage's commands and of the keys of the stages it reads from."""
+    missing = [name for name in stage.inputs if name not in self.keys]
+    if missing:
+      raise ValueError(f"stage {stage.name} reads from {missing}, which have not run "
+                       "before it in the plan")
+    commands = [[arg.replace(self.workdir, "$WORKDIR") for arg in c] for c in stage.commands]
+    text = json.dumps({"commands": commands,
+                       "inputs": {name: self.keys[name] for name in stage.inputs}},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
   def run(self, stage: Stage) -> bool:
-    """Runs `stage` unless its marker exists. Returns True if it ran now."""
-    self._record_commands(stage)
-    if self.is_done(stage.name):
+    """Runs `stage` unless it finished with the same key. Returns True if it ran now."""
+    key = self.keys[stage.name] = self.key(stage)
+    self._record_commands(stage, key)
+    if self._marker_key(stage.name) == key:
       print(f"[{stage.name}] done already, skipping", flush=True)
       return False
+    started = self._marker_key(stage.name, ".started")
+    if started != key and (started or os.path.exists(self.marker_path(stage.name))):
+      print(f"[{stage.name}] settings changed: deleting its old outputs", flush=True)
+      _delete(stage.outputs)
+    if os.path.exists(self.marker_path(stage.name)):
+      os.remove(self.marker_path(stage.name))
+    fileio.write_json_atomic(self.marker_path(stage.name, ".started"),
+                             {"stage": stage.name, "key": key})
     print(f"[{stage.name}] starting: {len(stage.commands)} command(s)", flush=True)
     for command in stage.commands:
       print(f"  $ {display(command)}", flush=True)
@@ -78,6 +132,7 @@ class StageRunner:
     seconds = time.time() - start
     fileio.write_json_atomic(self.marker_path(stage.name), {
         "stage": stage.name,
+        "key": key,
         "commands": [display(c) for c in stage.commands],
         "seconds": round(seconds, 1),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -97,7 +152,8 @@ class StageRunner:
     argv = [self.python, "-m", *command]
     with open(log_path, "w") as log:
       process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 env=self.env, text=True, bufsize=1)
+                                 env=self.env, text=True, bufsize=1,
+                                 preexec_fn=_die_with_parent)
       for line in process.stdout:
         log.write(line)
         log.flush()
@@ -111,10 +167,10 @@ class StageRunner:
       raise RuntimeError(f"stage {name} failed (exit {returncode}): {display(command)}\n"
                          f"last lines of {log_path}:\n{tail}")
 
-  def _record_commands(self, stage: Stage) -> None:
+  def _record_commands(self, stage: Stage, key: str) -> None:
     path = os.path.join(self.workdir, "commands.sh")
     existing = open(path).read() if os.path.exists(path) else "#!/usr/bin/env bash\nset -e\n"
-    header = f"# stage {stage.name}\n"
+    header = f"# stage {stage.name} (key {key})\n"
     if header in existing:
       return
     suffix = " &" if len(stage.commands) > 1 else ""
@@ -122,6 +178,39 @@ class StageRunner:
     if suffix:
       lines.append("wait\n")
     fileio.write_text_atomic(path, existing + "".join(lines))
+
+
+def git_commit() -> str | None:
+  """The project's commit, '+dirty' when tracked files differ; None outside git."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    run = lambda *args: subprocess.run(("git", "-C", root) + args, capture_output=True,
+                                       text=True, check=True).stdout.strip()
+    commit = run("rev-parse", "HEAD")
+    return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def _delete(patterns: tuple[str, ...]) -> None:
+  import tensorflow as tf  # Only here: the driver itself runs no TensorFlow.
+  for pattern in patterns:
+    for path in tf.io.gfile.glob(pattern):
+      if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+      else:
+        tf.io.gfile.remove(path)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+  """In the child, before exec: SIGTERM when the driver dies (Linux; else a no-op)."""
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+  except (OSError, AttributeError):
+    pass
 
 
 def _is_noise(line: str) -> bool:

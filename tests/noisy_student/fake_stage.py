@@ -1,9 +1,17 @@
-"""A stand-in stage for driver tests: appends its argument to a file, or fails."""
+"""A stand-in stage for driver tests: appends its argument to a file, or fails.
+
+`fail` exits 3 after writing; `sleep` writes its pid and sleeps (the driver-death test
+kills the driver and checks that this child dies too).
+"""
+import os
 import sys
+import time
 
 if __name__ == "__main__":
   path, word = sys.argv[1], sys.argv[2]
   with open(path, "a") as f:
-    f.write(word + "\n")
+    f.write((f"{os.getpid()}" if word == "sleep" else word) + "\n")
   if word == "fail":
     sys.exit(3)
+  if word == "sleep":
+    time.sleep(120)

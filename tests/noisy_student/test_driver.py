@@ -1,5 +1,9 @@
 """The stage runner: markers, skipping finished stages, failures, recorded commands."""
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -48,3 +52,89 @@ def test_commands_are_recorded_once(runner, tmp_path):
   script = open(os.path.join(runner.workdir, "commands.sh")).read()
   assert script.count("# stage x") == 1
   assert f"python -m {FAKE} {out} w" in script
+
+
+def test_changed_command_reruns_and_deletes_old_outputs(runner, tmp_path):
+  out, old = str(tmp_path / "out.txt"), tmp_path / "work" / "stage_out"
+  old.mkdir(parents=True)
+  (old / "stale.tfrecord").write_text("from the old settings")
+  runner.run(driver.Stage("s", ((FAKE, out, "one"),), outputs=(str(old),)))
+  assert (old / "stale.tfrecord").exists()  # a first run deletes nothing
+  assert not runner.run(driver.Stage("s", ((FAKE, out, "one"),), outputs=(str(old),)))
+  assert runner.run(driver.Stage("s", ((FAKE, out, "two"),), outputs=(str(old),)))
+  assert not old.exists()
+  assert open(out).read().split() == ["one", "two"]
+
+
+def test_a_changed_stage_reruns_the_stages_that_read_it(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = str(tmp_path / "out.txt")
+
+  def plan(first_word):
+    runner = driver.StageRunner(str(tmp_path / "work"), env=env)
+    ran = [runner.run(driver.Stage("up", ((FAKE, out, first_word),))),
+           runner.run(driver.Stage("down", ((FAKE, out, "down"),), inputs=("up",))),
+           runner.run(driver.Stage("other", ((FAKE, out, "other"),)))]
+    return ran
+
+  assert plan("a") == [True, True, True]
+  assert plan("a") == [False, False, False]
+  assert plan("b") == [True, True, False]
+  assert open(out).read().split() == ["a", "down", "other", "b", "down"]
+
+
+def test_unfinished_stage_with_same_settings_resumes_without_deleting(runner, tmp_path):
+  out, kept = str(tmp_path / "out.txt"), tmp_path / "work" / "model"
+  stage = driver.Stage("train", ((FAKE, out, "fail"),), outputs=(str(kept),))
+  with pytest.raises(RuntimeError):
+    runner.run(stage)
+  kept.mkdir()
+  (kept / "ckpt-1").write_text("progress of the failed attempt")
+  with pytest.raises(RuntimeError):
+    runner.run(stage)
+  assert (kept / "ckpt-1").exists()  # same key: the command resumes from it
+
+
+def test_a_copied_workdir_keeps_its_finished_stages(tmp_path):
+  """Keys write the workdir as $WORKDIR, so a copy of a workdir (e.g. to reuse its
+  data and teacher in an ablation) skips what it already holds."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = str(tmp_path / "out.txt")
+  stage = lambda w: driver.Stage("s", ((FAKE, out, f"--model_dir={w}/m"),))
+  first = driver.StageRunner(str(tmp_path / "a"), env=env)
+  assert first.run(stage(first.workdir))
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  second = driver.StageRunner(str(tmp_path / "b"), env=env)
+  assert not second.run(stage(second.workdir))
+
+
+def test_reading_a_stage_not_yet_run_is_an_error(runner, tmp_path):
+  with pytest.raises(ValueError, match=r"reads from \['nope'\]"):
+    runner.run(driver.Stage("s", ((FAKE, str(tmp_path / "o"), "x"),), inputs=("nope",)))
+
+
+def test_a_stage_needs_commands():
+  with pytest.raises(ValueError, match="no commands"):
+    driver.Stage("iter1/label", ())
+
+
+def test_stage_jobs_die_with_the_driver(tmp_path):
+  out = tmp_path / "pid.txt"
+  script = ("import sys; from noisy_student import driver; "
+            f"driver.StageRunner({str(tmp_path / 'work')!r}).run("
+            f"driver.Stage('s', (({FAKE!r}, {str(out)!r}, 'sleep'),)))")
+  parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+  deadline = time.time() + 60
+  while not (out.exists() and out.read_text().strip()) and time.time() < deadline:
+    time.sleep(0.2)
+  child = int(out.read_text())
+  parent.kill()
+  parent.wait()
+  while time.time() < deadline:
+    try:
+      os.kill(child, 0)
+    except ProcessLookupError:
+      return
+    time.sleep(0.2)
+  pytest.fail(f"stage job {child} outlived its driver")
