@@ -10,6 +10,9 @@ Layout of `workdir`:
                                             `unlabeled` hidden)
   iter0/teacher/                            supervised baseline = first teacher
   iterK/{predictions,selected,student}/     pseudo labels, filtered+balanced set, student
+  iterK/control/                            the student's compute-matched control: same
+                                            model, initialisation, steps, schedule, noise
+                                            and labeled batch, no pseudo-labeled images
   */test/                                   test-set evaluation of that model
   report.{md,json,png}
 """
@@ -75,6 +78,7 @@ class ExperimentConfig:
   teacher_temperature: float = 1.0
   noised_teacher: bool = False
   init_student_from_teacher: bool = False
+  train_controls: bool = True
   label_shards: int = 2
   parallel_jobs: int = 2
   min_threshold: float = 0.3
@@ -106,6 +110,14 @@ class ExperimentConfig:
     return self.path("iter0", "teacher") if iteration == 0 else self.path(
         f"iter{iteration}", "student")
 
+  def control_dir(self, iteration: int) -> str:
+    return self.path(f"iter{iteration}", "control")
+
+
+def model_stage(iteration: int) -> str:
+  """Name of the stage that trains `model_dir(iteration)`."""
+  return "iter0/teacher" if iteration == 0 else f"iter{iteration}/student"
+
 
 def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
   records = c.path("data", "records")
@@ -114,16 +126,20 @@ def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
       f"--fashion_mnist_dir={c.fashion_mnist_dir}", f"--output_dir={records}",
       f"--split_name={split}", f"--num_shards={c.record_shards}", f"--seed={c.seed}",
       f"--max_examples={limit}")
+  outputs = lambda split: (f"{records}/{split}-*", f"{records}/{split}_summary.json")
   return [
-      driver.Stage("data/records_train", (make("train", c.max_train_images),)),
-      driver.Stage("data/records_test", (make("test", c.max_test_images),)),
+      driver.Stage("data/records_train", (make("train", c.max_train_images),),
+                   outputs=outputs("train")),
+      driver.Stage("data/records_test", (make("test", c.max_test_images),),
+                   outputs=outputs("test")),
       driver.Stage("data/split", ((
           "data.split", f"--input_pattern={records}/train-*",
           f"--output_dir={c.path('data', 'split')}",
           # The dev split is held out of the N labels, so N labels are used in all.
           f"--labeled_per_class={c.labeled_per_class - c.dev_per_class}",
           f"--dev_per_class={c.dev_per_class}", f"--num_shards={c.record_shards}",
-          f"--seed={c.seed}"),)),
+          f"--seed={c.seed}"),), inputs=("data/records_train",),
+          outputs=(c.path("data", "split"),)),
   ]
 
 
@@ -151,20 +167,27 @@ def test_dir(model_dir: str) -> str:
   return os.path.join(model_dir, "test")
 
 
-def _test_stage(c: ExperimentConfig, name: str, model_dir: str) -> driver.Stage:
+def _train_stage(name: str, command: tuple[str, ...], model_dir: str,
+                 inputs: tuple[str, ...]) -> driver.Stage:
+  return driver.Stage(name, (command,), inputs=inputs, outputs=(model_dir,))
+
+
+def _test_stage(c: ExperimentConfig, name: str, model_dir: str,
+                train_stage: str) -> driver.Stage:
   return driver.Stage(name, ((
       "noisy_student.evaluate", f"--model={model_dir}", "--suite=clean",
       f"--data_pattern={c.path('data', 'records')}/test-*",
-      f"--output_dir={test_dir(model_dir)}"),))
+      f"--output_dir={test_dir(model_dir)}"),),
+      inputs=(train_stage, "data/records_test"), outputs=(test_dir(model_dir),))
 
 
 def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
   teacher = c.model_dir(0)
   stages = [
-      driver.Stage("iter0/teacher", (_train_command(
+      _train_stage("iter0/teacher", _train_command(
           c, teacher, c.teacher, c.noise, c.teacher_train_steps,
-          f"{c.path('data', 'split')}/labeled-*"),)),
-      _test_stage(c, "iter0/teacher_test", teacher),
+          f"{c.path('data', 'split')}/labeled-*"), teacher, ("data/split",)),
+      _test_stage(c, "iter0/teacher_test", teacher, "iter0/teacher"),
   ]
   if c.train_upper_bound:
     # The bound follows the teacher's schedule stretched over its own length: the
@@ -178,17 +201,18 @@ def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
     scale = c.num_labeled / c.num_train_images * stretch
     bound = c.path("upper_bound")
     stages += [
-        driver.Stage("upper_bound/train", (_train_command(
+        _train_stage("upper_bound/train", _train_command(
             c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
             (f"--warmup_epochs={WARMUP_EPOCHS * scale:.6g}",
-             f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}"), batch),)),
-        _test_stage(c, "upper_bound/test", bound),
+             f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}"), batch),
+            bound, ("data/records_train", "data/split")),
+        _test_stage(c, "upper_bound/test", bound, "upper_bound/train"),
     ]
   return stages
 
 
 def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
-  """Label with the previous model, select, train the student, test it."""
+  """Label with the previous model, select, train the student and its control, test."""
   teacher, student = c.model_dir(i - 1), c.model_dir(i)
   predictions, selected = c.path(f"iter{i}", "predictions"), c.path(f"iter{i}", "selected")
   label = tuple((
@@ -205,21 +229,45 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
       + (() if c.balance else ("--no_balance",))
       + (() if c.upsample else ("--no_upsample",))
       for s in range(c.label_shards))
-  noise = c.noise if c.student_noise else NO_NOISE
   unlabeled_augment = c.unlabeled_augment if c.student_noise else "none"
-  extra = (f"--unlabeled_pattern={selected}/*.tfrecord",
-           f"--unlabeled_ratio={c.unlabeled_ratio}", f"--label_type={c.label_type}",
-           f"--unlabeled_augment={unlabeled_augment}")
-  if c.init_student_from_teacher:
-    extra += (f"--init_from={teacher}",)
-  return [
-      driver.Stage(f"iter{i}/label", label, parallel=c.parallel_jobs),
-      driver.Stage(f"iter{i}/select", select, parallel=c.parallel_jobs),
-      driver.Stage(f"iter{i}/student", (_train_command(
-          c, student, c.student(i), noise, c.student_train_steps,
-          f"{c.path('data', 'split')}/labeled-*", extra),)),
-      _test_stage(c, f"iter{i}/student_test", student),
+  pseudo_labeled = (f"--unlabeled_pattern={selected}/*.tfrecord",
+                    f"--unlabeled_ratio={c.unlabeled_ratio}", f"--label_type={c.label_type}",
+                    f"--unlabeled_augment={unlabeled_augment}")
+  stages = [
+      driver.Stage(f"iter{i}/label", label, parallel=c.parallel_jobs,
+                   inputs=(model_stage(i - 1), "data/split"), outputs=(predictions,)),
+      driver.Stage(f"iter{i}/select", select, parallel=c.parallel_jobs,
+                   inputs=(f"iter{i}/label",), outputs=(selected,)),
+      _train_stage(f"iter{i}/student", _student_command(c, i, student, pseudo_labeled),
+                   student, _student_inputs(c, i) + (f"iter{i}/select",)),
+      _test_stage(c, f"iter{i}/student_test", student, f"iter{i}/student"),
   ]
+  if c.train_controls:
+    control = c.control_dir(i)
+    stages += [
+        _train_stage(f"iter{i}/control", _student_command(c, i, control),
+                     control, _student_inputs(c, i)),
+        _test_stage(c, f"iter{i}/control_test", control, f"iter{i}/control"),
+    ]
+  return stages
+
+
+def _student_command(c: ExperimentConfig, i: int, model_dir: str,
+                     pseudo_labeled: tuple[str, ...] = ()) -> tuple[str, ...]:
+  """The student's training command; without `pseudo_labeled`, its control's.
+
+  One function for both, so the control differs from the student only in the
+  pseudo-labeled images: same model, initialisation, steps, schedule (in labeled
+  epochs), noise on the labeled images, labeled batch and seed.
+  """
+  noise = c.noise if c.student_noise else NO_NOISE
+  init = (f"--init_from={c.model_dir(i - 1)}",) if c.init_student_from_teacher else ()
+  return _train_command(c, model_dir, c.student(i), noise, c.student_train_steps,
+                        f"{c.path('data', 'split')}/labeled-*", pseudo_labeled + init)
+
+
+def _student_inputs(c: ExperimentConfig, i: int) -> tuple[str, ...]:
+  return ("data/split",) + ((model_stage(i - 1),) if c.init_student_from_teacher else ())
 
 
 def plan(c: ExperimentConfig) -> list[driver.Stage]:

@@ -2,6 +2,9 @@
 
 Accuracies are test-set top-1 fractions in [0, 1], read from each model's
 `test/` evaluation; the number of pseudo-labeled images comes from the selection summary.
+Each iteration's student stands next to its compute-matched control (the same training
+without pseudo-labeled images), the comparison that says whether the pseudo labels, and
+not the extra training, made the difference.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def collect(c: iterate.ExperimentConfig) -> dict:
         "student_accuracy": test_accuracy(c.model_dir(i)),
         "student_model": vars(c.student(i)),
     }
+    if c.train_controls:
+      item["control_accuracy"] = test_accuracy(c.control_dir(i))
     item.update(pseudo_label_stats(c.path(f"iter{i}")))
     iterations.append(item)
   report = {
@@ -77,21 +82,32 @@ def _pct(x) -> str:
   return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _margin(a, b) -> str:
+  return "-" if None in (a, b) else f"{100 * (a - b):+.2f}"
+
+
 def markdown(report: dict) -> str:
   lines = [
       "# Noisy Student report", "",
       f"Labels: {report['labeled_per_class']} per class; seed {report['seed']}.", "",
-      "| model | test top-1 | pseudo-labeled images used | its teacher's pseudo labels right |",
-      "|---|---|---|---|",
-      f"| supervised baseline (iteration-1 teacher) | {_pct(report['baseline_accuracy'])} | 0 | - |",
+      "| model | test top-1 | its control | student - control | pseudo-labeled images used "
+      "| its teacher's pseudo labels right |",
+      "|---|---|---|---|---|---|",
+      f"| supervised baseline (iteration-1 teacher) | {_pct(report['baseline_accuracy'])} "
+      "| - | - | 0 | - |",
   ]
   for it in report["iterations"]:
+    control = it.get("control_accuracy")
     lines.append(f"| student, iteration {it['iteration']} | {_pct(it['student_accuracy'])} "
+                 f"| {_pct(control)} | {_margin(it['student_accuracy'], control)} "
                  f"| {it.get('num_pseudo_labeled', '-')} "
                  f"| {_pct(it.get('pseudo_label_accuracy'))} |")
   if "all_labels_accuracy" in report:
-    lines.append(f"| all labels (upper bound) | {_pct(report['all_labels_accuracy'])} | - | - |")
-  lines += ["", "Each iteration's teacher is the previous row's model."]
+    lines.append(f"| all labels (upper bound) | {_pct(report['all_labels_accuracy'])} "
+                 "| - | - | - | - |")
+  lines += ["", "Each iteration's teacher is the previous row's model. A student's control "
+            "is the same training (model, initialisation, steps, schedule, noise, labeled "
+            "batch) on the labeled images alone."]
   return "\n".join(lines) + "\n"
 
 
@@ -105,6 +121,11 @@ def plot(report: dict, path: str) -> None:
   fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
   if points:
     ax.plot(*zip(*points), marker="o", label="model of that iteration")
+  controls = [(it["iteration"], 100 * it["control_accuracy"]) for it in report["iterations"]
+              if it.get("control_accuracy") is not None]
+  if controls:
+    ax.plot(*zip(*controls), marker="s", ls=":", c="tab:red",
+            label="its control (labels only, same budget)")
   if report.get("all_labels_accuracy") is not None:
     ax.axhline(100 * report["all_labels_accuracy"], ls="--", c="gray", label="all labels")
   ax.set_xlabel("iteration (0 = supervised baseline)")
@@ -118,11 +139,20 @@ def plot(report: dict, path: str) -> None:
   plt.close(fig)
 
 
-def write(c: iterate.ExperimentConfig) -> dict:
+def write(c: iterate.ExperimentConfig, provenance: dict | None = None,
+          results_dir: str | None = None) -> dict:
+  """Writes the report into the workdir (and a copy into `results_dir`).
+
+  Args:
+    provenance: what made the run, stored in report.json: the command, the git commit
+      and the stages' wall time in seconds.
+  """
   report = collect(c)
-  fileio.write_json_atomic(c.path("report.json"), report)
-  fileio.write_text_atomic(c.path("report.md"), markdown(report))
-  plot(report, c.path("report.png"))
+  report.update(provenance or {})
+  for directory in (c.workdir, results_dir) if results_dir else (c.workdir,):
+    fileio.write_json_atomic(os.path.join(directory, "report.json"), report)
+    fileio.write_text_atomic(os.path.join(directory, "report.md"), markdown(report))
+    plot(report, os.path.join(directory, "report.png"))
   print(markdown(report), flush=True)
   return report
 

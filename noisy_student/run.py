@@ -5,11 +5,16 @@ r"""Runs the whole Noisy Student method end to end (paper Algorithm 1 with itera
 Stages: TFRecords from the Fashion-MNIST IDX files, the semi-supervised split, the
 teacher (= supervised baseline), then per iteration: label the unlabeled set (N shard
 jobs), filter and balance, train the noised student, evaluate it on the test split. The
-student becomes the next teacher. Rerunning the same command skips finished stages and
-resumes the unfinished one. `--print_only` lists the stage commands without running them.
+student becomes the next teacher. Each student also gets a compute-matched control
+(labeled images only, everything else the same) evaluated beside it. Rerunning the
+same command skips finished stages and resumes the unfinished one; a stage whose
+settings changed reruns, with everything downstream of it. `--print_only` lists the
+stage commands without running them.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import app
 from absl import flags
@@ -59,6 +64,11 @@ F.DEFINE_bool("noised_teacher", False,
               "stochastic depth; the images stay clean) instead of un-noised.")
 F.DEFINE_bool("init_student_from_teacher", False,
               "Warm-start each student from its teacher (paper Study #8).")
+F.DEFINE_bool("train_controls", True,
+              "Also train each student's compute-matched control: the same model, "
+              "initialisation, steps, schedule, noise and labeled batch on the labeled "
+              "images alone, so a student's gain is measured against extra training "
+              "without pseudo labels (--notrain_controls skips them).")
 F.DEFINE_integer("label_shards", 2, "Labelling / selection jobs per iteration.")
 F.DEFINE_integer("parallel_jobs", 2, "How many of those jobs run at once here.")
 F.DEFINE_float("min_threshold", 0.3, "Lowest confidence threshold of the selection.")
@@ -76,6 +86,10 @@ F.DEFINE_integer("upper_bound_batch_size", 0,
                  "it as the trainer's does, and its schedule stretches to its length.")
 F.DEFINE_list("extra_train_flags", [], "More flags for every noisy_student.train run.")
 F.DEFINE_bool("print_only", False, "Print the stage commands and exit.")
+F.DEFINE_string("results_dir", None,
+                "Also copy report.{json,md,png} here when the run is complete, e.g. "
+                "results/<experiment>/seed<N> (the README's tables are printed from "
+                "these files by noisy_student.summarize).")
 FLAGS = F.FLAGS
 
 NUM_CLASSES = 10
@@ -107,6 +121,7 @@ def config_from_flags() -> iterate.ExperimentConfig:
       eval_every_steps=FLAGS.eval_every_steps, label_type=FLAGS.label_type,
       teacher_temperature=FLAGS.teacher_temperature, noised_teacher=FLAGS.noised_teacher,
       init_student_from_teacher=FLAGS.init_student_from_teacher,
+      train_controls=FLAGS.train_controls,
       label_shards=FLAGS.label_shards, parallel_jobs=FLAGS.parallel_jobs,
       min_threshold=FLAGS.min_threshold, images_per_class=images_per_class,
       balance=FLAGS.balance, upsample=FLAGS.upsample,
@@ -130,7 +145,12 @@ def main(argv):
   for n, stage in enumerate(stages, 1):
     print(f"=== stage {n}/{len(stages)}: {stage.name}", flush=True)
     runner.run(stage)
-  report.write(config)
+  provenance = {
+      "command": driver.display(("noisy_student.run",) + tuple(sys.argv[1:])),
+      "git_commit": driver.git_commit(),
+      "stage_seconds": round(sum(runner.seconds(s.name) for s in stages), 1),
+  }
+  report.write(config, provenance, FLAGS.results_dir)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ r"""One table from the `report.json` of several driver workdirs (seeds, ablation
   python -m noisy_student.summarize runs/demo runs/ablation_* --nomean
 
 Prints a markdown table with a row per workdir: the labels-only baseline, each
-iteration's student and its gain over its own teacher, the all-labels bound and the
+iteration's student, its gain over its own teacher, its compute-matched control (the
+same training on the labeled images alone) and the student's margin over that control,
+the all-labels bound and the
 fraction of the baseline-to-bound gap the last student recovered; then (unless
 --nomean) the mean and sample standard deviation over the rows. Accuracies are
 test-set top-1 in percent, read from the files the driver wrote, never typed in.
@@ -54,6 +56,11 @@ def row(report: dict) -> dict[str, float | None]:
     i, student, teacher = it["iteration"], it["student_accuracy"], it["teacher_accuracy"]
     values[f"iteration {i}"] = pct(student)
     values[f"gain {i}"] = (None if None in (student, teacher) else 100 * (student - teacher))
+    if "control_accuracy" in it:
+      control = it["control_accuracy"]
+      values[f"control {i}"] = pct(control)
+      values[f"vs control {i}"] = (None if None in (student, control)
+                                   else 100 * (student - control))
   if "all_labels_accuracy" in report:
     values["all labels"] = pct(report["all_labels_accuracy"])
     values["gap recovered"] = gap_recovered(report)
@@ -69,7 +76,7 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
 def _cell(column: str, x: float | None) -> str:
   if x is None:
     return "-"
-  if column.startswith("gain"):
+  if column.startswith(("gain", "vs control")):
     return f"{x:+.2f}"
   if column == "gap recovered":
     return f"{x:.2f}"

@@ -1,6 +1,7 @@
 """Every driver flagfile parses with `noisy_student.run`'s flags and yields a plan."""
 import glob
 import os
+import shlex
 import subprocess
 import sys
 
@@ -82,7 +83,8 @@ def test_headline_continues_the_demo():
   bound = [line for line in headline if line.startswith("upper_bound/")]
   assert [line for line in headline if line not in bound][:len(demo)] == demo
   assert {line.split()[0] for line in headline[len(demo) + len(bound):]} == {
-      f"iter{i}/{s}" for i in (2, 3) for s in ("label", "select", "student", "student_test")}
+      f"iter{i}/{s}" for i in (2, 3)
+      for s in ("label", "select", "student", "student_test", "control", "control_test")}
   assert "--train_steps=3250" in bound[0] and "--train_batch_size=256" in bound[0]
   assert "--train_pattern=runs/x/data/records/train-*" in bound[0]
   # 900 of 60,000 images labeled; 3,250 x 256 bound images vs 1,000 x 64 teacher images:
@@ -99,3 +101,23 @@ def test_driver_schedule_constants_are_the_trainers_defaults():
   fv = train.define_flags(flags.FlagValues())
   assert fv["warmup_epochs"].default == iterate.WARMUP_EPOCHS
   assert fv["lr_decay_epochs"].default == iterate.LR_DECAY_EPOCHS
+
+
+def test_control_is_the_student_without_pseudo_labels():
+  """The compute-matched control differs from its student only in the pseudo-labeled
+  images (and its own directories): same model, initialisation, steps, noise, seed."""
+  lines = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--seed=2")
+  command = lambda name: shlex.split(next(l for l in lines if l.startswith(name + " ")))[1:]
+  for i in (1, 2, 3):
+    student, control = command(f"iter{i}/student"), command(f"iter{i}/control")
+    pseudo = {a for a in student if a.split("=")[0] in (
+        "--unlabeled_pattern", "--unlabeled_ratio", "--label_type", "--unlabeled_augment")}
+    assert len(pseudo) == 4
+    assert [a for a in student if a not in pseudo] == [
+        a.replace(f"iter{i}/control", f"iter{i}/student") for a in control]
+    assert f"--init_from=runs/x/iter{i - 1}/{'teacher' if i == 1 else 'student'}" in control
+  no_noise = _plan("--flagfile=flags/fashion_mnist_demo.flags", "--workdir=runs/x",
+                   "--nostudent_noise")
+  assert "--dropout_rate=0.0" in next(l for l in no_noise if l.startswith("iter1/control "))
+  assert not any(l.startswith("iter1/control") for l in _plan(
+      "--flagfile=flags/fashion_mnist_demo.flags", "--workdir=runs/x", "--notrain_controls"))

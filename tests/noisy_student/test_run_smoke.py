@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST),
                                 reason="needs the dataset-fashion-mnist package")
 
 
-def _run(workdir):
+def _run(workdir, *more):
   argv = [sys.executable, "-m", "noisy_student.run", f"--workdir={workdir}",
           f"--max_train_images={TRAIN}", f"--max_test_images={TEST}",
           f"--labeled_per_class={LABELED}", f"--dev_per_class={DEV}", "--iterations=2",
@@ -31,7 +31,7 @@ def _run(workdir):
           "--teacher_train_steps=6", "--student_train_steps=6", "--eval_every_steps=0",
           "--record_shards=2", "--label_shards=2", "--images_per_class=20",
           "--min_threshold=0",  # A 6-step teacher is never confident.
-          "--extra_train_flags=--steps_per_loop=3,--eval_batch_size=32"]
+          "--extra_train_flags=--steps_per_loop=3,--eval_batch_size=32", *more]
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
@@ -74,12 +74,14 @@ def test_driver_smoke_run_and_resume(tmp_path):
     assert selection["complete"]
     assert _count(f"{workdir}/iter{i}/selected/*.tfrecord") == selection["total_written"]
     assert os.path.exists(f"{workdir}/iter{i}/student/model.keras")
+    assert os.path.exists(f"{workdir}/iter{i}/control/model.keras")
 
   report = _json(os.path.join(workdir, "report.json"))
   assert 0 <= report["baseline_accuracy"] <= 1
   assert [it["iteration"] for it in report["iterations"]] == [1, 2]
   for it in report["iterations"]:
     assert 0 <= it["teacher_accuracy"] <= 1 and 0 <= it["student_accuracy"] <= 1
+    assert 0 <= it["control_accuracy"] <= 1
     assert it["num_pseudo_labeled"] > 0
   assert report["iterations"][1]["teacher_accuracy"] == report["iterations"][0][
       "student_accuracy"]
@@ -90,3 +92,11 @@ def test_driver_smoke_run_and_resume(tmp_path):
   again = _run(workdir)
   assert "starting" not in again
   assert again.count("done already, skipping") == len(stages)
+
+  # A changed selection setting reruns iteration 1's selection and everything that
+  # reads from it, and nothing else (the controls never see pseudo labels).
+  changed = _run(workdir, "--min_threshold=0.01")
+  rerun = {name for name in stages if f"[{name}] starting" in changed}
+  assert rerun == {"iter1/select", "iter1/student", "iter1/student_test", "iter2/label",
+                   "iter2/select", "iter2/student", "iter2/student_test"}
+  assert "[iter1/select] settings changed: deleting its old outputs" in changed

@@ -70,3 +70,15 @@ def test_command_line_writes_the_table(tmp_path):
                           env=dict(os.environ, PYTHONPATH=REPO))
   assert result.returncode == 0, result.stderr
   assert out.read_text() == result.stdout and "| 0.50 |" in result.stdout
+
+
+def test_control_columns(tmp_path):
+  """Each iteration's control and the student's margin over it, when the report has it."""
+  d = tmp_path / "c"
+  d.mkdir()
+  (d / "report.json").write_text(json.dumps({"baseline_accuracy": 0.80, "iterations": [
+      {"iteration": 1, "teacher_accuracy": 0.80, "student_accuracy": 0.83,
+       "control_accuracy": 0.815}]}))
+  lines = summarize.table([str(d)]).splitlines()
+  assert lines[0] == "| workdir | baseline | iteration 1 | gain 1 | control 1 | vs control 1 |"
+  assert lines[2] == f"| {d} | 80.00% | 83.00% | +3.00 | 81.50% | +1.50 |"
