@@ -10,7 +10,7 @@ WORKDIR ?= runs/demo
 DEMO_FLAGS ?= flags/fashion_mnist_demo.flags
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-jax demo bench robustness clean
+.PHONY: install test test-slow test-jax demo results bench robustness clean
 
 install: $(STAMP)
 
@@ -36,6 +36,22 @@ test-jax:
 
 demo: $(STAMP)
 	$(PY) -m noisy_student.run --flagfile=$(DEMO_FLAGS) --workdir=$(WORKDIR)
+
+# The README's results: each seed of flags/$(EXPERIMENT).flags whose report is not yet
+# under results/ (hours per seed on 2 cores; resumable: rerun to continue), then the
+# table over the seeds. An ablation's workdir starts as a copy of the headline's of the
+# same seed, so it reruns only the stages its change reaches.
+EXPERIMENT ?= fashion_mnist
+SEEDS ?= 0 1 2
+results: $(STAMP)
+	set -e; for s in $(SEEDS); do \
+	  r=results/$(EXPERIMENT)/seed$$s; w=runs/$(EXPERIMENT)_s$$s; \
+	  test ! -f $$r/report.json || continue; \
+	  if [ ! -d $$w ] && [ -d runs/fashion_mnist_s$$s ]; then cp -r runs/fashion_mnist_s$$s $$w; fi; \
+	  $(PY) -m noisy_student.run --flagfile=flags/$(EXPERIMENT).flags --workdir=$$w \
+	    --seed=$$s --results_dir=$$r; \
+	done
+	$(PY) -m noisy_student.summarize $(foreach s,$(SEEDS),results/$(EXPERIMENT)/seed$(s))
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
