@@ -25,6 +25,15 @@ def test_accuracy(model_dir: str) -> float | None:
   return float(fileio.read_json(path)["top1"])
 
 
+def dev_accuracy(model_dir: str) -> float | None:
+  """Top-1 of the trained model on the dev split (the trainer's final evaluation), the
+  number that settings are chosen by; the test split is never used for that."""
+  path = os.path.join(model_dir, "eval_metrics.json")
+  if not os.path.exists(path):
+    return None
+  return float(fileio.read_json(path)["top1"])
+
+
 def pseudo_label_stats(iteration_dir: str) -> dict:
   """Pseudo-labeled images used (after filtering and balancing, with copies) and how
   many of the teacher's pseudo labels were right, from the hidden labels of the split."""
@@ -62,12 +71,15 @@ def collect(c: iterate.ExperimentConfig) -> dict:
         "student_accuracy": test_accuracy(c.model_dir(i)),
         "student_model": vars(c.student(i)),
     }
+    item["student_dev_accuracy"] = dev_accuracy(c.model_dir(i))
     if c.train_controls:
       item["control_accuracy"] = test_accuracy(c.control_dir(i))
+      item["control_dev_accuracy"] = dev_accuracy(c.control_dir(i))
     item.update(pseudo_label_stats(c.path(f"iter{i}")))
     iterations.append(item)
   report = {
       "baseline_accuracy": baseline,
+      "baseline_dev_accuracy": dev_accuracy(c.model_dir(0)),
       "iterations": iterations,
       "labeled_per_class": c.labeled_per_class,
       "seed": c.seed,

@@ -24,6 +24,9 @@ from absl import flags
 from data import fileio
 
 flags.DEFINE_bool("mean", True, "Add a mean +- sd row.")
+flags.DEFINE_enum("split", "test", ["test", "dev"],
+                  "Which accuracies: test (what the README reports) or dev (what "
+                  "settings are chosen by; no all-labels bound there).")
 flags.DEFINE_string("output", None, "Also write the table to this file (atomically).")
 FLAGS = flags.FLAGS
 
@@ -39,6 +42,11 @@ def load(workdir: str) -> dict:
   return report
 
 
+def _accuracy(item: dict, model: str, split: str = "test") -> float | None:
+  """`item[model + "_accuracy"]`, or its dev-split twin."""
+  return item.get(f"{model}_accuracy" if split == "test" else f"{model}_dev_accuracy")
+
+
 def gap_recovered(report: dict) -> float | None:
   """(last student - baseline) / (all labels - baseline); None without a bound."""
   bound, base = report.get("all_labels_accuracy"), report["baseline_accuracy"]
@@ -48,20 +56,22 @@ def gap_recovered(report: dict) -> float | None:
   return (last - base) / (bound - base)
 
 
-def row(report: dict) -> dict[str, float | None]:
+def row(report: dict, split: str = "test") -> dict[str, float | None]:
   """Column name -> value (percent, or a fraction for the gap)."""
   pct = lambda x: None if x is None else 100 * x
-  values = {"baseline": pct(report["baseline_accuracy"])}
+  teacher = _accuracy(report, "baseline", split)
+  values = {"baseline": pct(teacher)}
   for it in report["iterations"]:
-    i, student, teacher = it["iteration"], it["student_accuracy"], it["teacher_accuracy"]
+    i, student = it["iteration"], _accuracy(it, "student", split)
     values[f"iteration {i}"] = pct(student)
     values[f"gain {i}"] = (None if None in (student, teacher) else 100 * (student - teacher))
+    teacher = student
     if "control_accuracy" in it:
-      control = it["control_accuracy"]
+      control = _accuracy(it, "control", split)
       values[f"control {i}"] = pct(control)
       values[f"vs control {i}"] = (None if None in (student, control)
                                    else 100 * (student - control))
-  if "all_labels_accuracy" in report:
+  if "all_labels_accuracy" in report and split == "test":
     values["all labels"] = pct(report["all_labels_accuracy"])
     values["gap recovered"] = gap_recovered(report)
   return values
@@ -83,8 +93,8 @@ def _cell(column: str, x: float | None) -> str:
   return f"{x:.2f}%"
 
 
-def table(workdirs: list[str], mean: bool = True) -> str:
-  rows = [(w, row(load(w))) for w in workdirs]
+def table(workdirs: list[str], mean: bool = True, split: str = "test") -> str:
+  rows = [(w, row(load(w), split)) for w in workdirs]
   columns = []
   for _, values in rows:
     columns += [c for c in values if c not in columns]
@@ -109,7 +119,7 @@ def main(argv):
   workdirs = argv[1:]
   if not workdirs:
     raise app.UsageError("give one or more driver workdirs")
-  text = table(workdirs, FLAGS.mean)
+  text = table(workdirs, FLAGS.mean, FLAGS.split)
   sys.stdout.write(text)
   if FLAGS.output:
     fileio.write_text_atomic(FLAGS.output, text)

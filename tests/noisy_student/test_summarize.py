@@ -82,3 +82,17 @@ def test_control_columns(tmp_path):
   lines = summarize.table([str(d)]).splitlines()
   assert lines[0] == "| workdir | baseline | iteration 1 | gain 1 | control 1 | vs control 1 |"
   assert lines[2] == f"| {d} | 80.00% | 83.00% | +3.00 | 81.50% | +1.50 |"
+
+
+def test_dev_split_columns(tmp_path):
+  """--split=dev tabulates the dev accuracies that settings are chosen by."""
+  d = tmp_path / "c"
+  d.mkdir()
+  (d / "report.json").write_text(json.dumps({
+      "baseline_accuracy": 0.80, "baseline_dev_accuracy": 0.79, "all_labels_accuracy": 0.9,
+      "iterations": [{"iteration": 1, "teacher_accuracy": 0.80, "student_accuracy": 0.83,
+                      "student_dev_accuracy": 0.84, "control_accuracy": 0.815,
+                      "control_dev_accuracy": 0.80}]}))
+  lines = summarize.table([str(d)], split="dev").splitlines()
+  assert lines[0] == "| workdir | baseline | iteration 1 | gain 1 | control 1 | vs control 1 |"
+  assert lines[2] == f"| {d} | 79.00% | 84.00% | +5.00 | 80.00% | +4.00 |"
