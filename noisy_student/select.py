@@ -9,12 +9,19 @@ Paper Sec. 3.1 (data filtering and balancing); algorithm in noisy_student/select
 Run shards 0..N-1 as independent jobs. Pass 1 (every job, seconds) reads only the
 label stats files; pass 2 streams this shard's prediction files. `--plan_only` stops after
 pass 1 and writes selection.json / selection.png, to look before committing compute.
+
+Exits non-zero with one line on any refusal: stats that are not one complete labelling
+run, an output directory selected with other settings, duplicate record keys, or an
+empty selection (nothing reaches the threshold, or nothing was written).
 """
+
+import sys
 
 from absl import app
 from absl import flags
 
 from data import pipeline
+from noisy_student import job_io
 from noisy_student import selection
 
 _PREDICTIONS = flags.DEFINE_string(
@@ -42,19 +49,23 @@ _PLAN_ONLY = flags.DEFINE_bool("plan_only", False, "Pass 1 only: write selection
 
 def main(argv):
   del argv
-  config = selection.SelectionConfig(
-      min_threshold=_MIN_THRESHOLD.value, images_per_class=_IMAGES_PER_CLASS.value,
-      balance=not _NO_BALANCE.value, upsample=not _NO_UPSAMPLE.value, seed=_SEED.value)
-  job = selection.SelectJob(
-      predictions=_PREDICTIONS.value, output_dir=_OUTPUT_DIR.value,
-      shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
-      files_per_shard=_NUM_OUTPUT_SHARDS.value, shuffle_buffer=_SHUFFLE_BUFFER.value,
-      plan_only=_PLAN_ONLY.value)
-  summary = selection.run_selection(job, config, shard_files=pipeline.shard_files)
-  plan = summary
-  print(f"plan: {plan['total_before']:,} predictions -> {plan['total_kept']:,} kept -> "
-        f"~{plan['total_expected_after']:,.0f} expected; summary in "
-        f"{job.output_dir}/selection.json, plot in {job.output_dir}/selection.png")
+  try:
+    config = selection.SelectionConfig(
+        min_threshold=_MIN_THRESHOLD.value, images_per_class=_IMAGES_PER_CLASS.value,
+        balance=not _NO_BALANCE.value, upsample=not _NO_UPSAMPLE.value, seed=_SEED.value)
+    job = selection.SelectJob(
+        predictions=_PREDICTIONS.value, output_dir=_OUTPUT_DIR.value,
+        shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
+        files_per_shard=_NUM_OUTPUT_SHARDS.value, shuffle_buffer=_SHUFFLE_BUFFER.value,
+        plan_only=_PLAN_ONLY.value)
+    plan = selection.run_selection(job, config, shard_files=pipeline.shard_files)
+  except ValueError as e:
+    # One line and a non-zero exit (an empty selection too): a driver must not mark
+    # this stage done.
+    sys.exit(f"noisy_student.select: error: {e}")
+  job_io.say(f"plan: {plan['total_before']:,} predictions -> {plan['total_kept']:,} kept "
+             f"-> ~{plan['total_expected_after']:,.0f} expected; summary in "
+             f"{job.output_dir}/selection.json, plot in {job.output_dir}/selection.png")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Data filtering and balancing of pseudo-labeled images (paper Sec. 3.1, "Data filtering
-and balancing"; NOTES.md section 2).
+and balancing"; the official filter_unlabel.py).
 
 Two passes, each one runs as independent jobs:
 
@@ -24,13 +24,30 @@ t = b/100 means "bin(c) >= b" everywhere (pass 1 counts and pass 2 decisions), s
 passes agree record for record.
 
 Stochastic rounding. Whether a record gets the extra copy is decided by
-`u < frac(x)`, with u in [0, 1) a 53-bit FarmHash fingerprint of "<seed>:<image id>"
+`u < frac(x)`, with u in [0, 1) a 53-bit FarmHash fingerprint of "<seed>:<key>"
 (`tf.strings.to_hash_bucket_fast`): the same record makes the same decision in whichever
-shard, order or rerun it is read, so sharded pass 2 is reproducible.
+shard, order or rerun it is read, so sharded pass 2 is reproducible. The key is the
+record's `image/id`; records without one (ImageNet TFRecords of the TPU conversion
+script) use "filename:<image/filename>", else "record:<prediction file>:<index>". Keys
+must be unique (two records with one key would be kept or dropped together): a duplicate
+is an error naming the key and its files, found within a pass-2 shard and, once every
+shard is done, across shards (each shard leaves its sorted key fingerprints in
+`select-keys-*.bin`).
+
+One temperature. Selection filters on the teacher's T = 1 confidence, as the official
+filter_unlabel.py does; a temperature is applied once, by the trainer
+(`--teacher_temperature`). Predictions sharpened by an older `noisy_student.label
+--temperature` are refused.
+
+Reused directories. The labelling run's `label-settings.json` pins its shard count and
+settings: stats files of another run in the same directory are an error, never summed.
+The selection's `select-settings.json` pins its own settings likewise, so a rerun with
+other shard counts cannot leave stale `selected-*` files beside new ones.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -43,11 +60,22 @@ import tensorflow as tf
 
 from data import fileio
 from data import schema
+from noisy_student import job_io
 
 NUM_BINS = 101  # Thresholds 0.00, 0.01, ..., 1.00.
 STATS_FORMAT = "noisy_student.label.stats/1"
 SELECT_STATS_FORMAT = "noisy_student.select.stats/1"
+LABEL_SETTINGS = "label-settings.json"
+LABEL_SETTINGS_FORMAT = "noisy_student.label.settings/1"
+SELECT_SETTINGS = "select-settings.json"
+SELECT_SETTINGS_FORMAT = "noisy_student.select.settings/1"
 _HASH_BUCKETS = 2**53  # u = hash / 2**53 is an exact float64 in [0, 1).
+_KEY_BUCKETS = 2**62   # Key fingerprints for the duplicate check.
+_KEY_PARTITIONS = 64   # The cross-shard check holds 1/64 of all fingerprints at a time.
+
+
+class EmptySelectionError(ValueError):
+  """Nothing to train the student on: no prediction passes, or nothing was written."""
 _STATS_RE = re.compile(r"^stats-(\d{5})-of-(\d{5})\.json$")
 
 
@@ -56,6 +84,10 @@ _STATS_RE = re.compile(r"^stats-(\d{5})-of-(\d{5})\.json$")
 
 def label_stats_name(shard_index: int, num_shards: int) -> str:
   return f"stats-{shard_index:05d}-of-{num_shards:05d}.json"
+
+
+def is_label_stats_name(name: str) -> bool:
+  return bool(_STATS_RE.match(name))
 
 
 def select_stats_name(shard_index: int, num_shards: int) -> str:
@@ -115,7 +147,7 @@ def make_label_stats(*, shard_index: int, num_shards: int, histogram: np.ndarray
 
 
 def write_label_stats(path: str, stats: dict) -> None:
-  fileio.write_text_atomic(path, dumps_compact(stats))
+  job_io.write_text_atomic(path, dumps_compact(stats))
 
 
 @dataclasses.dataclass
@@ -136,7 +168,7 @@ def _stats_paths(predictions: str) -> tuple[list[str], set[str] | None]:
   """Stats files for a directory, or for the directories of a pattern's matches."""
   if tf.io.gfile.isdir(predictions):
     return tf.io.gfile.glob(os.path.join(predictions, "stats-*-of-*.json")), None
-  matched = set(os.path.abspath(f) for f in fileio.list_files(predictions))
+  matched = set(fileio.list_files(predictions))
   dirs = sorted(set(os.path.dirname(f) for f in matched))
   paths = []
   for d in dirs:
@@ -152,8 +184,9 @@ def read_label_stats(predictions: str) -> LabelStats:
       of prediction TFRecords; their stats files are found in the same directories and
       must describe exactly the matched files.
   Raises:
-    ValueError: no stats files, a missing shard, mixed class counts or shard counts,
-      or stats that do not describe the matched files.
+    ValueError: no stats files, a missing shard, mixed class counts, stats of two
+      labelling runs in one directory, sharpened predictions (T != 1), or stats that
+      do not describe the matched files.
   """
   paths, matched = _stats_paths(predictions)
   paths = sorted(p for p in paths if _STATS_RE.match(os.path.basename(p)))
@@ -165,6 +198,7 @@ def read_label_stats(predictions: str) -> LabelStats:
     stats = fileio.read_json(path)
     if stats.get("format") != STATS_FORMAT:
       raise ValueError(f"{path}: not a {STATS_FORMAT} file")
+    _check_temperature(path, stats.get("settings") or {})
     h = np.asarray(stats["histogram"], np.int64)
     if hist is None:
       hist = np.zeros_like(h)
@@ -173,14 +207,13 @@ def read_label_stats(predictions: str) -> LabelStats:
                        "(stats from teachers with different class counts)")
     hist += h
     corrupt += int(stats["num_corrupt"])
-    directory = os.path.dirname(os.path.abspath(path))
+    directory = os.path.dirname(path)
     files.extend(os.path.join(directory, f["output"]) for f in stats["files"])
-    runs.setdefault((directory, stats["num_shards"]), set()).add(stats["shard_index"])
-  for (directory, n), seen in runs.items():
-    missing = sorted(set(range(n)) - seen)
-    if missing:
-      raise ValueError(f"{directory}: stats for shards {missing[:10]} of {n} are missing "
-                       "(labelling incomplete)")
+    runs.setdefault(directory, []).append((path, stats))
+  total_shards = sum(_check_one_run(d, run) for d, run in runs.items())
+  repeated = sorted(f for f, n in collections.Counter(files).items() if n > 1)
+  if repeated:
+    raise ValueError(f"prediction files listed by two stats files: {repeated[:3]}")
   files = sorted(files)
   if matched is not None and set(files) != matched:
     extra = sorted(matched - set(files))[:3]
@@ -188,7 +221,40 @@ def read_label_stats(predictions: str) -> LabelStats:
     raise ValueError(f"{predictions!r} does not match the files the stats describe "
                      f"(matched but not in stats: {extra}; in stats but not matched: "
                      f"{lacking}); pass the prediction directory instead")
-  return LabelStats(hist, files, corrupt, sum(n for _, n in runs), paths)
+  return LabelStats(hist, files, corrupt, total_shards, paths)
+
+
+def _check_temperature(path: str, settings: dict) -> None:
+  t = float(settings.get("temperature", 1.0))
+  if t != 1.0:
+    raise ValueError(f"{path}: predictions sharpened at temperature {t:g}; selection "
+                     "filters on the teacher's T = 1 confidence: relabel them, and pass "
+                     "the temperature to noisy_student.train --teacher_temperature")
+
+
+def _check_one_run(directory: str, run: list) -> int:
+  """The stats files of one directory form one complete labelling run; its shards."""
+  pinned_path = os.path.join(directory, LABEL_SETTINGS)
+  pinned = fileio.read_json(pinned_path) if tf.io.gfile.exists(pinned_path) else None
+  for path, stats in run:
+    if pinned is not None and stats["num_shards"] != pinned["num_shards"]:
+      raise ValueError(f"{path}: stats of a labelling run with {stats['num_shards']} "
+                       f"shards, but {pinned_path} says {pinned['num_shards']}: a stale "
+                       "file of an earlier run; label into a fresh directory")
+    if pinned is not None and stats["settings"] != pinned["settings"]:
+      raise ValueError(f"{path}: made with other settings than {pinned_path} "
+                       f"({job_io.settings_diff(pinned['settings'], stats['settings'])})")
+  counts = sorted({stats["num_shards"] for _, stats in run})
+  if len(counts) > 1:
+    raise ValueError(f"{directory} holds stats of two labelling runs (with "
+                     f"{' and '.join(map(str, counts))} shards): their predictions would "
+                     "be counted twice; label into a fresh directory")
+  n = counts[0]
+  missing = sorted(set(range(n)) - {stats["shard_index"] for _, stats in run})
+  if missing:
+    raise ValueError(f"{directory}: stats for shards {missing[:10]} of {n} are missing "
+                     "(labelling incomplete)")
+  return n
 
 
 # --------------------------------------------------------------------------- pass 1
@@ -305,11 +371,33 @@ def num_copies(plan: Plan, labels, confidence, uniforms) -> np.ndarray:
   return (whole + (np.asarray(uniforms) < (x - whole))).astype(np.int64)
 
 
-def record_uniforms(ids: tf.Tensor, seed: int) -> tf.Tensor:
-  """[n] float64 in [0, 1): a deterministic per-record draw from the id and the seed."""
-  keyed = tf.strings.join([tf.constant(f"{seed}:"), ids])
+def record_uniforms(keys: tf.Tensor, seed: int) -> tf.Tensor:
+  """[n] float64 in [0, 1): a deterministic per-record draw from its key and the seed."""
+  keyed = tf.strings.join([tf.constant(f"{seed}:"), keys])
   bucket = tf.strings.to_hash_bucket_fast(keyed, _HASH_BUCKETS)
   return tf.cast(bucket, tf.float64) / float(_HASH_BUCKETS)
+
+
+def record_keys(ids: tf.Tensor, filenames: tf.Tensor, file_name: tf.Tensor,
+                indices: tf.Tensor) -> tf.Tensor:
+  """[n] string keys of the per-record draw.
+
+  Args:
+    ids / filenames: [n] string `image/id` / `image/filename` ("" when absent).
+    file_name: scalar string, the prediction file's basename (the input's basename, so
+      the same in every labelling directory).
+    indices: [n] int64 positions of the records in that file.
+  Returns:
+    the id; else "filename:<image/filename>"; else "record:<file_name>:<index>".
+  """
+  by_filename = tf.strings.join(["filename:", filenames])
+  by_position = tf.strings.join(["record:", file_name, ":", tf.strings.as_string(indices)])
+  return tf.where(ids != "", ids, tf.where(filenames != "", by_filename, by_position))
+
+
+def key_fingerprints(keys: tf.Tensor) -> tf.Tensor:
+  """[n] int64 in [0, 2^62): what the duplicate check compares (then the keys)."""
+  return tf.strings.to_hash_bucket_fast(keys, _KEY_BUCKETS)
 
 
 # --------------------------------------------------------------------------- pass 2
@@ -319,22 +407,70 @@ _SELECT_SPEC = {
     schema.PSEUDO_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     schema.PSEUDO_CONFIDENCE: tf.io.FixedLenFeature([], tf.float32, default_value=-1.0),
     schema.ID: tf.io.FixedLenFeature([], tf.string, default_value=""),
+    schema.FILENAME: tf.io.FixedLenFeature([], tf.string, default_value=""),
 }
 
 
-def _decision_dataset(files: list[str], seed: int, batch_size: int) -> tf.data.Dataset:
-  """(serialized, label, confidence, u) batches, in file order; parses 3 fields only."""
-  def parse(serialized):
+def _keyed_batches(files: list[str], batch_size: int) -> tf.data.Dataset:
+  """Per-file batches (a batch never spans two files), in file order: the serialized
+  records, their label and confidence, their draw keys, file and index in the file."""
+  def per_file(path):
+    name = tf.strings.regex_replace(path, r"^.*/", "")
+    batches = tf.data.TFRecordDataset(path, buffer_size=8 << 20).batch(batch_size)
+    return batches.enumerate().map(lambda k, serialized: (serialized, path, name, k))
+
+  def parse(serialized, path, name, k):
     parsed = tf.io.parse_example(serialized, _SELECT_SPEC)
-    return (serialized, parsed[schema.PSEUDO_LABEL], parsed[schema.PSEUDO_CONFIDENCE],
-            record_uniforms(parsed[schema.ID], seed))
-  ds = tf.data.TFRecordDataset(files, buffer_size=8 << 20)
+    index = k * batch_size + tf.range(tf.size(serialized, out_type=tf.int64))
+    return {"serialized": serialized, "label": parsed[schema.PSEUDO_LABEL],
+            "confidence": parsed[schema.PSEUDO_CONFIDENCE], "file": path, "index": index,
+            "key": record_keys(parsed[schema.ID], parsed[schema.FILENAME], name, index)}
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)).flat_map(per_file)
+  return ds.map(parse, num_parallel_calls=2, deterministic=True)
+
+
+def _fixed_buffers(ds: tf.data.Dataset) -> tf.data.Dataset:
   # Fixed parallelism and prefetch: AUTOTUNE grows buffers while the consumer lags,
   # and memory must not depend on how long the stream is.
-  ds = ds.batch(batch_size).map(parse, num_parallel_calls=2, deterministic=True)
   options = tf.data.Options()
   options.autotune.enabled = False
   return ds.prefetch(2).with_options(options)
+
+
+def _decision_dataset(files: list[str], seed: int, batch_size: int) -> tf.data.Dataset:
+  """(serialized, label, confidence, u, key fingerprint) batches, in file order."""
+  def decide(b):
+    return (b["serialized"], b["label"], b["confidence"], record_uniforms(b["key"], seed),
+            key_fingerprints(b["key"]))
+  return _fixed_buffers(_keyed_batches(files, batch_size).map(decide))
+
+
+def _describe_key(key: str) -> str:
+  if key.startswith("filename:"):
+    return f"filename {key[len('filename:'):]!r}"
+  if key.startswith("record:"):
+    return f"record position {key[len('record:'):]!r}"
+  return f"image/id {key!r}"
+
+
+def raise_if_duplicate_keys(files: list[str], fingerprints, batch_size: int = 4096):
+  """Reads `files` for the records with these key fingerprints; raises ValueError
+  naming the key and its files if two records share a key (a mere fingerprint
+  collision of two different keys is not an error)."""
+  wanted = np.asarray(sorted(fingerprints), np.int64)
+  found = collections.defaultdict(list)
+  for b in _fixed_buffers(_keyed_batches(files, batch_size)).as_numpy_iterator():
+    prints = key_fingerprints(tf.constant(b["key"])).numpy()
+    for i in np.flatnonzero(np.isin(prints, wanted)):
+      found[b["key"][i].decode("utf-8", "replace")].append(
+          (b["file"].decode(), int(b["index"][i])))
+  for key, where in found.items():
+    if len(where) > 1:
+      places = ", ".join(f"{f} (record {i})" for f, i in where[:4])
+      raise ValueError(
+          f"{_describe_key(key)} occurs {len(where)} times: {places}; the selection's "
+          "per-record draw is keyed on it, so these would be kept or dropped together: "
+          "give every record a unique image/id (or remove the duplicate files)")
 
 
 class ShuffleWriter:
@@ -389,7 +525,10 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
   `out_paths` are written directly (wrap them in atomic paths). Returns per-class
   counts: "read", "above_threshold" (the filter passed), "selected" (>= 1 copy; the
   rest of the above-threshold records were down-sampled away) and "written" (with
-  copies), plus "written_per_file".
+  copies), plus "written_per_file" and "keys" (the sorted key fingerprints).
+
+  Raises:
+    ValueError: two records of `files` with one key (see `record_keys`).
   """
   num_classes = len(plan.threshold_bin)
   read = np.zeros(num_classes, np.int64)
@@ -398,8 +537,9 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
   written = np.zeros(num_classes, np.int64)
   writer = ShuffleWriter(out_paths, buffer_size=buffer_size, seed=shard_seed)
   dataset = _decision_dataset(files, plan.config.seed, batch_size)
+  prints = []
   try:
-    for serialized, labels, confidence, uniforms in dataset.as_numpy_iterator():
+    for serialized, labels, confidence, uniforms, keys in dataset.as_numpy_iterator():
       bad = (labels < 0) | (labels >= num_classes)
       if bad.any():
         raise ValueError(f"record with pseudo label {labels[bad][0]} outside "
@@ -412,12 +552,17 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
       written += np.bincount(labels, weights=copies, minlength=num_classes).astype(np.int64)
       rows = np.repeat(np.arange(len(copies)), copies)
       writer.add(serialized[rows])
+      prints.append(keys)
       if progress is not None:
         progress(len(labels))
   finally:
     writer.close()
+  keys = np.sort(np.concatenate(prints)) if prints else np.zeros([0], np.int64)
+  repeated = keys[1:][keys[1:] == keys[:-1]]
+  if repeated.size:
+    raise_if_duplicate_keys(files, set(repeated[:10].tolist()), batch_size)
   return {"read": read, "above_threshold": above, "selected": selected, "written": written,
-          "written_per_file": writer.written}
+          "written_per_file": writer.written, "keys": np.unique(keys)}
 
 
 # --------------------------------------------------------------------------- outputs
@@ -509,7 +654,7 @@ def plot_summary(plan: Plan, path: str, actual_written=None) -> None:
       f"{int((plan.count_kept < (cfg.images_per_class or 0)).sum()) if cfg.balance else 0}"
       " classes short of K", fontsize=11)
   fig.tight_layout(rect=(0, 0, 1, 0.96))
-  with fileio.atomic_path(path) as tmp:
+  with job_io.atomic_path(path) as tmp:
     with tf.io.gfile.GFile(tmp, "wb") as f:
       fig.savefig(f, format="png", dpi=90)
   plt.close(fig)
@@ -537,13 +682,24 @@ class SelectJob:
   plan_only: bool = False
 
 
+def keys_file_name(shard_index: int, num_shards: int) -> str:
+  return f"select-keys-{shard_index:05d}-of-{num_shards:05d}.bin"
+
+
 def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> dict:
   """Pass 1 (always, cheap) and pass 2 for one shard; returns the summary dict.
 
   Every shard recomputes the same plan from the stats files and writes selection.json
-  and selection.png; the shard that finds all shards finished rewrites both with the
-  actual counts. A finished shard (its select-stats file exists) is skipped on rerun.
-  `shard_files(files, i, n)` splits the prediction files (data.pipeline.shard_files).
+  and selection.png; the shard that finds all shards finished checks keys across
+  shards and rewrites both with the actual counts. A finished shard (its select-stats
+  file exists) is skipped on rerun. `shard_files(files, i, n)` splits the prediction
+  files (data.pipeline.shard_files).
+
+  Raises:
+    ValueError: bad shard numbers; stats that do not form one labelling run (see
+      `read_label_stats`); an output directory of other settings; duplicate keys.
+    EmptySelectionError: no prediction reaches its class's threshold, or (once all
+      shards are done) nothing was written.
   """
   if not 0 <= job.shard_index < job.num_shards:
     raise ValueError(f"shard_index {job.shard_index} out of range for num_shards "
@@ -553,23 +709,63 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
   stats = read_label_stats(job.predictions)
   plan = plan_selection(stats.histogram, config)
   tf.io.gfile.makedirs(job.output_dir)
-  _write_summary(job, plan, stats, None)
-  if job.plan_only:
-    return summarize(plan, stats, None)
-  marker = os.path.join(job.output_dir, select_stats_name(job.shard_index, job.num_shards))
+  job_io.remove_stale_temporaries(job.output_dir)   # A killed run's leftovers.
   identity = {"config": dataclasses.asdict(config), "num_shards": job.num_shards,
               "files_per_shard": job.files_per_shard, "shuffle_buffer": job.shuffle_buffer,
               "predictions": stats.files}
+  _check_output_dir(job, identity)
+  summary = _write_summary(job, plan, stats, None)
+  if plan.count_kept.sum() == 0:
+    raise EmptySelectionError(
+        f"empty selection: 0 of {int(plan.count_before.sum()):,} predictions reach "
+        f"min_threshold {config.min_threshold}; the plan is in "
+        f"{os.path.join(job.output_dir, 'selection.json')}")
+  if job.plan_only:
+    return summary
+  marker = os.path.join(job.output_dir, select_stats_name(job.shard_index, job.num_shards))
   if tf.io.gfile.exists(marker):
     done = fileio.read_json(marker)
     if done["identity"] != identity:
-      raise ValueError(f"{marker} was made with different settings or predictions; "
+      raise ValueError(f"{marker} was made with other settings or predictions; "
                        "use a fresh --output_dir")
-    print(f"shard {job.shard_index}: already done ({marker})")
+    job_io.say(f"shard {job.shard_index}: already done ({marker})")
   else:
     _select_one_shard(job, plan, stats, identity, marker,
                       shard_files(stats.files, job.shard_index, job.num_shards))
   return _maybe_complete(job, plan, stats)
+
+
+_OUTPUT_RE = re.compile(r"^selected-\d{5}-of-(\d{5})\.tfrecord$")
+_MARKER_RE = re.compile(r"^select-(?:stats|keys)-\d{5}-of-(\d{5})\.(?:json|bin)$")
+
+
+def _check_output_dir(job: SelectJob, identity: dict) -> None:
+  """Pins the output directory to these settings (select-settings.json): the student
+  reads every selected-* file there, so outputs of other settings must not be left
+  beside the new ones. --plan_only only compares (it writes no records)."""
+  settings = {"format": SELECT_SETTINGS_FORMAT,
+              **{k: v for k, v in identity.items() if k != "predictions"},
+              "predictions": job_io.fingerprint(identity["predictions"])}
+  path = os.path.join(job.output_dir, SELECT_SETTINGS)
+  if tf.io.gfile.exists(path) or not job.plan_only:
+    if not tf.io.gfile.exists(path):
+      _refuse_foreign_outputs(job)              # A directory from before this file.
+    job_io.pin_settings(path, settings, "a selection")
+
+
+def _refuse_foreign_outputs(job: SelectJob) -> None:
+  total = job.num_shards * job.files_per_shard
+  stale = []
+  for name in sorted(tf.io.gfile.listdir(job.output_dir)):
+    output, marker = _OUTPUT_RE.match(name), _MARKER_RE.match(name)
+    if (output and int(output.group(1)) != total) or (
+        marker and int(marker.group(1)) != job.num_shards):
+      stale.append(name)
+  if stale:
+    raise ValueError(f"{job.output_dir} holds outputs of a selection with other shard "
+                     f"counts ({', '.join(stale[:4])}{', ...' if len(stale) > 4 else ''}); "
+                     "the student would read them with the new ones: use a fresh "
+                     "--output_dir or delete this one")
 
 
 def _select_one_shard(job, plan, stats, identity, marker, files) -> None:
@@ -577,25 +773,64 @@ def _select_one_shard(job, plan, stats, identity, marker, files) -> None:
   paths = [os.path.join(job.output_dir, n) for n in names]
   expected = int(sum(plan.count_before)) * len(files) // max(1, len(stats.files))
   start = time.time()
-  from tqdm import tqdm
-  with tqdm(total=expected, unit="rec", unit_scale=True, mininterval=2.0,
-            desc=f"select {job.shard_index}/{job.num_shards}") as bar:
+  with job_io.progress(total=expected, unit="rec", unit_scale=True, mininterval=2.0,
+                       desc=f"select {job.shard_index}/{job.num_shards}") as bar:
     with contextlib.ExitStack() as stack:
-      tmps = [stack.enter_context(fileio.atomic_path(p)) for p in paths]
+      tmps = [stack.enter_context(job_io.atomic_path(p)) for p in paths]
       counts = select_shard(files, plan, tmps, buffer_size=job.shuffle_buffer,
                             shard_seed=[plan.config.seed, job.shard_index],
                             progress=bar.update)
   seconds = time.time() - start
+  keys_name = keys_file_name(job.shard_index, job.num_shards)
+  offsets = _write_keys(os.path.join(job.output_dir, keys_name), counts["keys"])
   record = {"format": SELECT_STATS_FORMAT, "identity": identity,
             "shard_index": job.shard_index, "num_shards": job.num_shards,
             "input_files": files, "output_files": names,
             "records_per_output_file": counts["written_per_file"].tolist(),
             **{k: counts[k].tolist() for k in _COUNT_KEYS}, "seconds": round(seconds, 3),
-            "records_per_second": round(int(counts["read"].sum()) / max(seconds, 1e-9), 1)}
-  fileio.write_text_atomic(marker, dumps_compact(record))
-  print(f"shard {job.shard_index}: read {int(counts['read'].sum()):,}, selected "
-        f"{int(counts['selected'].sum()):,}, wrote {int(counts['written'].sum()):,} records "
-        f"into {len(names)} file(s) in {seconds:.1f}s")
+            "records_per_second": round(int(counts["read"].sum()) / max(seconds, 1e-9), 1),
+            "keys_file": keys_name, "key_offsets": offsets}
+  job_io.write_text_atomic(marker, dumps_compact(record))
+  job_io.say(f"shard {job.shard_index}: read {int(counts['read'].sum()):,}, selected "
+             f"{int(counts['selected'].sum()):,}, wrote {int(counts['written'].sum()):,} "
+             f"records into {len(names)} file(s) in {seconds:.1f}s")
+
+
+def _write_keys(path: str, keys: np.ndarray) -> list[int]:
+  """Writes sorted key fingerprints (raw int64); returns where each of the
+  _KEY_PARTITIONS value ranges starts (and the end), for the cross-shard check."""
+  bounds = np.arange(_KEY_PARTITIONS, dtype=np.int64) * (_KEY_BUCKETS // _KEY_PARTITIONS)
+  offsets = np.searchsorted(keys, bounds).tolist() + [len(keys)]
+  with job_io.atomic_path(path) as tmp:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      f.write(np.asarray(keys, "<i8").tobytes())
+  return offsets
+
+
+def _read_keys(path: str, start: int, stop: int) -> np.ndarray:
+  with tf.io.gfile.GFile(path, "rb") as f:
+    f.seek(start * 8)
+    return np.frombuffer(f.read((stop - start) * 8), "<i8")
+
+
+def _check_keys_across_shards(job: SelectJob, shard_stats: list[dict]) -> None:
+  """Duplicate keys in different shards; one value range at a time (bounded memory)."""
+  if len(shard_stats) < 2:
+    return
+  if any("key_offsets" not in s for s in shard_stats):
+    job_io.say(f"{job.output_dir}: shards selected by an older version: keys not "
+               "checked across shards")
+    return
+  for p in range(_KEY_PARTITIONS):
+    parts = [_read_keys(os.path.join(job.output_dir, s["keys_file"]),
+                        s["key_offsets"][p], s["key_offsets"][p + 1]) for s in shard_stats]
+    merged = np.sort(np.concatenate(parts))
+    repeated = merged[1:][merged[1:] == merged[:-1]]
+    if repeated.size:
+      suspects = repeated[:10]
+      files = [f for s, part in zip(shard_stats, parts) if np.isin(part, suspects).any()
+               for f in s["input_files"]]
+      raise_if_duplicate_keys(files, set(suspects.tolist()))
 
 
 def _maybe_complete(job, plan, stats) -> dict:
@@ -604,12 +839,19 @@ def _maybe_complete(job, plan, stats) -> dict:
   if not all(tf.io.gfile.exists(p) for p in paths):
     return summarize(plan, stats, None)
   shard_stats = [fileio.read_json(p) for p in paths]
+  _check_keys_across_shards(job, shard_stats)
+  written = sum(int(np.sum(s["written"])) for s in shard_stats)
+  if written == 0:
+    raise EmptySelectionError(
+        f"empty selection: {int(plan.count_kept.sum()):,} predictions passed the "
+        "thresholds, but the stochastic rounding of copy factors < 1 wrote 0 records "
+        f"(all {job.num_shards} shard(s) done, in {job.output_dir})")
   return _write_summary(job, plan, stats, shard_stats)
 
 
 def _write_summary(job, plan, stats, shard_stats) -> dict:
   summary = summarize(plan, stats, shard_stats)
-  fileio.write_text_atomic(os.path.join(job.output_dir, "selection.json"),
+  job_io.write_text_atomic(os.path.join(job.output_dir, "selection.json"),
                            dumps_compact(summary))
   plot_summary(plan, os.path.join(job.output_dir, "selection.png"),
                actual_written=summary.get("actual_written"))
