@@ -116,7 +116,7 @@ def main() -> None:
   cfg = labeling.LabelConfig(teacher=teacher_dir, input_pattern=inputs, output_dir=out,
                              batch_size=args.batch_size, storage=args.storage,
                              soft_label_top_k=args.top_k)
-  teacher = labeling.Teacher(teacher_dir, tf.distribute.get_strategy(), temperature=1.0)
+  teacher = labeling.Teacher(teacher_dir, tf.distribute.get_strategy())
   label_rate(teacher, [warmup], out, cfg)              # warm-up (trace, caches)
   batches = materialise(teacher, files, args.batch_size)
   rounds = []

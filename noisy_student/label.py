@@ -4,12 +4,17 @@ Paper Algorithm 1, step 2; the work is in noisy_student/labeling.py.
 
   python -m noisy_student.label --teacher=runs/x/teacher \
       --input_pattern='data/unlabeled-*' --output_dir=runs/x/predictions \
-      --shard_index=0 --num_shards=8 [--batch_size=64] [--temperature=1.0] \
+      --shard_index=0 --num_shards=8 [--batch_size=64] \
       [--soft_label_top_k=0] [--storage=float32|float16] [--strategy=auto]
 
 Run shards 0..N-1 as independent jobs (together they cover every input file once). A
-preempted job is simply rerun: finished output files are skipped.
+preempted job is simply rerun: finished output files are skipped. The stored soft label
+is the teacher's T = 1 distribution; the temperature belongs to the student's training
+(`noisy_student.train --teacher_temperature`). Refusals (no input files, an output
+directory labelled with other settings, ...) exit non-zero with one line.
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -25,8 +30,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write.", require
 _SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This job's shard.")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of labelling jobs.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Soft-label temperature T: "
-                                  "q ∝ p^(1/T).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Deprecated; only 1 is accepted. "
+                                  "Labels are stored at T = 1: sharpen with "
+                                  "noisy_student.train --teacher_temperature.")
 _TOP_K = flags.DEFINE_integer("soft_label_top_k", 0, "Store only the k most probable "
                               "classes (0: the full vector).")
 _STORAGE = flags.DEFINE_enum("storage", "float32", list(labeling.STORAGES),
@@ -43,14 +49,22 @@ _TPU = flags.DEFINE_string("tpu", None, "TPU name or address (strategy tpu/auto)
 
 def main(argv):
   del argv
-  config = labeling.LabelConfig(
-      teacher=_TEACHER.value, input_pattern=_INPUT_PATTERN.value,
-      output_dir=_OUTPUT_DIR.value, shard_index=_SHARD_INDEX.value,
-      num_shards=_NUM_SHARDS.value, batch_size=_BATCH_SIZE.value,
-      temperature=_TEMPERATURE.value, soft_label_top_k=_TOP_K.value,
-      storage=_STORAGE.value, num_classes=_NUM_CLASSES.value,
-      label_offset=_LABEL_OFFSET.value, noised=_NOISED.value)
-  labeling.run_labeling(config, strategy_lib.get_strategy(_STRATEGY.value, _TPU.value))
+  if _TEMPERATURE.value != 1.0:
+    sys.exit(f"noisy_student.label: error: --temperature={_TEMPERATURE.value:g} is no "
+             "longer applied here (labels are stored at T = 1 and selection filters on "
+             "that confidence); pass --teacher_temperature to noisy_student.train instead")
+  try:
+    config = labeling.LabelConfig(
+        teacher=_TEACHER.value, input_pattern=_INPUT_PATTERN.value,
+        output_dir=_OUTPUT_DIR.value, shard_index=_SHARD_INDEX.value,
+        num_shards=_NUM_SHARDS.value, batch_size=_BATCH_SIZE.value,
+        soft_label_top_k=_TOP_K.value, storage=_STORAGE.value,
+        num_classes=_NUM_CLASSES.value, label_offset=_LABEL_OFFSET.value,
+        noised=_NOISED.value)
+    labeling.run_labeling(config, strategy_lib.get_strategy(_STRATEGY.value, _TPU.value))
+  except ValueError as e:
+    # One line and a non-zero exit: a driver must not mark this stage done.
+    sys.exit(f"noisy_student.label: error: {e}")
 
 
 if __name__ == "__main__":

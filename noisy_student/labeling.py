@@ -2,8 +2,11 @@
 
 The un-noised teacher (`training=False`; the exported model holds the EMA weights) sees
 the clean eval preprocessing of `data.pipeline.eval_dataset` at its own resolution and
-predicts soft labels `q = softmax(log_softmax(logits) / T)`, i.e. `q ∝ p^(1/T)` (NOTES.md
-section 2). Each job handles `shard_files(files, i, N)` of the input files:
+stores its plain distribution `p = softmax(logits)` (T = 1). As in the official code
+(predict_label.py stores the teacher's distribution, filter_unlabel.py filters on its
+confidence, main.py sharpens once while training), selection filters on the T = 1
+confidence and the one temperature is the trainer's `--teacher_temperature`. Each job
+handles `shard_files(files, i, N)` of the input files:
 
   output_dir/<input basename>            one TFRecord per input file: every readable
                                          record's original serialized Example (image
@@ -12,11 +15,18 @@ section 2). Each job handles `shard_files(files, i, N)` of the input files:
   output_dir/_files/<input basename>.json  that file's stats; written after the TFRecord,
                                          so its presence means "done": a rerun skips it
   output_dir/stats-{i:05d}-of-{N:05d}.json  the shard's stats for noisy_student.select
+  output_dir/label-settings.json         written by the first job: teacher, storage,
+                                         shard count, input files...; a job with other
+                                         settings is refused (stats of two runs would
+                                         be summed by noisy_student.select)
 
 Corrupt records (not a tf.train.Example, or an image that does not decode) get no
 prediction and are not written; each one is counted and listed (file, index, id) in the
 stats. A file whose TFRecord framing breaks (truncated / bad checksum) is labelled up to
 the break and the rest is listed as one corrupt entry.
+
+Jobs may be retried while an earlier attempt still runs: each writes under its own
+temporary names (noisy_student/job_io.py) and removes only temporaries of dead jobs.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from data import fileio
 from data import pipeline
 from data import schema
 from data.preprocessing import PreprocessConfig
+from noisy_student import job_io
 from noisy_student import model_io
 from noisy_student import selection
 
@@ -55,7 +66,6 @@ class LabelConfig:
     output_dir: where predictions and stats go.
     shard_index / num_shards: this job's share of the input files.
     batch_size: global batch (divided among the strategy's replicas).
-    temperature: T > 0 of q ∝ p^(1/T).
     soft_label_top_k: store only the k largest probabilities (0: the full vector).
     storage: "float32" or "float16" for the full vector.
     num_classes: expected class count; a teacher with another one is an error.
@@ -68,7 +78,6 @@ class LabelConfig:
   shard_index: int = 0
   num_shards: int = 1
   batch_size: int = 64
-  temperature: float = 1.0
   soft_label_top_k: int = 0
   storage: str = "float32"
   num_classes: int | None = None
@@ -81,14 +90,16 @@ class LabelConfig:
                        f"{self.num_shards}")
     if self.storage not in STORAGES:
       raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
     if self.soft_label_top_k < 0 or self.batch_size < 1:
       raise ValueError("soft_label_top_k must be >= 0 and batch_size >= 1")
 
   def settings(self, teacher_config: dict) -> dict:
-    """What the outputs depend on (a rerun with other settings is refused)."""
-    return {"teacher": os.path.abspath(self.teacher), "temperature": self.temperature,
+    """What each output file depends on (a rerun with other settings is refused).
+
+    "temperature" is always 1 (the stored distribution is the teacher's own); it stays
+    so that selection can refuse predictions sharpened by older versions.
+    """
+    return {"teacher": job_io.canonical_path(self.teacher), "temperature": 1.0,
             "soft_label_top_k": self.soft_label_top_k, "storage": self.storage,
             "num_classes": int(teacher_config["num_classes"]),
             "image_size": int(teacher_config["image_size"]),
@@ -165,7 +176,7 @@ class _Sink:
 
   def _open(self, k: int) -> None:
     self._current = k
-    self._atomic = fileio.atomic_path(self._jobs[k].out)
+    self._atomic = job_io.atomic_path(self._jobs[k].out)
     self._writer = tf.io.TFRecordWriter(self._atomic.__enter__())
     self._hist = selection.new_histogram(self._num_classes)
     self._images, self._index, self._corrupt = 0, 0, []
@@ -178,14 +189,15 @@ class _Sink:
     self._atomic = None
     if job.tail_error:
       self._corrupt.append(job.tail_error)
-    fileio.write_json_atomic(job.done, {
+    job_io.write_json_atomic(job.done, {
         "input": job.source, "output": os.path.basename(job.out),
         "settings": self._settings, "num_images": self._images,
         "num_corrupt": len(self._corrupt), "corrupt": self._corrupt,
         "seconds": round(time.time() - self._start, 3),
         "histogram_sparse": _sparse(self._hist)})
     if self._corrupt:
-      print(f"{job.source}: {len(self._corrupt)} corrupt record(s), listed in {job.done}")
+      job_io.say(f"{job.source}: {len(self._corrupt)} corrupt record(s), listed in "
+                 f"{job.done}")
     if self._after_file is not None:
       self._after_file(job.out)
 
@@ -233,8 +245,7 @@ class _Sink:
 class Teacher:
   """The teacher under a strategy, and its batched soft-label step."""
 
-  def __init__(self, path: str, strategy: tf.distribute.Strategy, *, temperature: float,
-               noised: bool = False):
+  def __init__(self, path: str, strategy: tf.distribute.Strategy, *, noised: bool = False):
     self.strategy = strategy
     with strategy.scope():
       self.model, self.config = model_io.load_model(path)
@@ -246,7 +257,7 @@ class Teacher:
       for layer in self.model._flatten_layers():  # noqa: SLF001
         if isinstance(layer, keras.layers.BatchNormalization):
           layer.trainable = False  # Keras 3: BN in inference mode even when training.
-    self._temperature, self._training = float(temperature), bool(noised)
+    self._training = bool(noised)
     self._step = tf.function(self._distributed_step)
 
   @property
@@ -257,10 +268,10 @@ class Teacher:
     return model_io.eval_preprocess(self.config)
 
   def soft_labels(self, images: tf.Tensor) -> tf.Tensor:
-    """images: [b, S, S, 3] float32 in [0, 255] -> [b, C] float32 q ∝ p^(1/T)."""
+    """images: [b, S, S, 3] float32 in [0, 255] -> [b, C] float32 p = softmax(logits)."""
     out = tf.cast(self.model(images, training=self._training), tf.float32)
-    log_p = tf.nn.log_softmax(out, axis=-1)
-    return tf.nn.softmax(log_p / self._temperature, axis=-1)
+    # softmax(log_softmax(z)): the same bits as the T = 1 labels of earlier versions.
+    return tf.nn.softmax(tf.nn.log_softmax(out, axis=-1), axis=-1)
 
   def _distributed_step(self, batch):
     return self.strategy.run(self.soft_labels, args=(batch["image"],))
@@ -366,8 +377,8 @@ def _use_readable_prefix(job: FileJob) -> FileJob:
   n, message = _readable_prefix(job.source)
   if not message:
     return job
-  prefix = os.path.join(os.path.dirname(job.out),
-                        f"{fileio.TMP_MARK}prefix-{os.path.basename(job.out)}")
+  prefix = job_io.temporary_path(os.path.join(os.path.dirname(job.out),
+                                              f"prefix-{os.path.basename(job.out)}"))
   with tf.io.TFRecordWriter(prefix) as w:
     for record in tf.data.TFRecordDataset(job.source).take(n):
       w.write(record.numpy())
@@ -418,17 +429,29 @@ def check_inputs(files: list[str]) -> None:
     seen[name] = f
 
 
-def _remove_stale_temporaries(output_dir: str, names: list[str]) -> None:
-  """Leftovers of a killed run for this shard's outputs (other shards' are not touched)."""
-  mine = set(names)
-  for directory in (output_dir, os.path.join(output_dir, FILES_DIR)):
-    if not tf.io.gfile.isdir(directory):
-      continue
-    for entry in tf.io.gfile.listdir(directory):
-      if fileio.is_temporary(entry):
-        target = entry[len(fileio.TMP_MARK):].split("-", 1)[-1]
-        if target in mine or target.removesuffix(".json") in mine:
-          tf.io.gfile.remove(os.path.join(directory, entry))
+def _pin_run(cfg: "LabelConfig", settings: dict, files: list[str]) -> tuple[str, dict]:
+  """Pins the output directory to this labelling run (label-settings.json).
+
+  A directory from before that file may hold stats of another run: refused too.
+  Returns the settings file's path and its expected content.
+  """
+  run = {"format": selection.LABEL_SETTINGS_FORMAT, "settings": settings,
+         "num_shards": cfg.num_shards,
+         "input_files": job_io.fingerprint([job_io.canonical_path(f) for f in files])}
+  path = os.path.join(cfg.output_dir, selection.LABEL_SETTINGS)
+  if not tf.io.gfile.exists(path):
+    for stats_path in sorted(tf.io.gfile.glob(os.path.join(cfg.output_dir,
+                                                           "stats-*-of-*.json"))):
+      if not selection.is_label_stats_name(os.path.basename(stats_path)):
+        continue
+      stats = fileio.read_json(stats_path)
+      if stats["num_shards"] != cfg.num_shards or stats["settings"] != settings:
+        raise ValueError(
+            f"{stats_path}: stats of an earlier labelling run with other settings "
+            f"({job_io.settings_diff(stats['settings'], settings)}; num_shards "
+            f"{stats['num_shards']} vs {cfg.num_shards}); use a fresh --output_dir or "
+            "delete this one")
+  return path, job_io.pin_settings(path, run, "predictions")
 
 
 def _load_done(path: str, settings: dict) -> dict | None:
@@ -455,7 +478,7 @@ def run_labeling(cfg: LabelConfig, strategy: tf.distribute.Strategy | None = Non
   if cfg.batch_size % strategy.num_replicas_in_sync:
     raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
                      f"{strategy.num_replicas_in_sync} replicas")
-  teacher = Teacher(cfg.teacher, strategy, temperature=cfg.temperature, noised=cfg.noised)
+  teacher = Teacher(cfg.teacher, strategy, noised=cfg.noised)
   if cfg.num_classes is not None and cfg.num_classes != teacher.num_classes:
     raise ValueError(f"teacher {cfg.teacher} predicts {teacher.num_classes} classes, "
                      f"--num_classes says {cfg.num_classes}")
@@ -463,26 +486,34 @@ def run_labeling(cfg: LabelConfig, strategy: tf.distribute.Strategy | None = Non
     raise ValueError(f"soft_label_top_k {cfg.soft_label_top_k} >= num_classes "
                      f"{teacher.num_classes}: use 0 for the full vector")
   settings = cfg.settings(teacher.config)
+  tf.io.gfile.makedirs(os.path.join(cfg.output_dir, FILES_DIR))
+  pinned_path, pinned = _pin_run(cfg, settings, files)
   mine = pipeline.shard_files(files, cfg.shard_index, cfg.num_shards)
   names = [os.path.basename(f) for f in mine]
   done_paths = [os.path.join(cfg.output_dir, FILES_DIR, n + ".json") for n in names]
   todo = [(f, n, d) for f, n, d in zip(mine, names, done_paths)
           if _load_done(d, settings) is None]
-  tf.io.gfile.makedirs(os.path.join(cfg.output_dir, FILES_DIR))
-  _remove_stale_temporaries(cfg.output_dir, names)
-  print(f"shard {cfg.shard_index}/{cfg.num_shards}: {len(mine)} of {len(files)} input "
-        f"files, {len(mine) - len(todo)} already done; teacher {teacher.num_classes} "
-        f"classes at {settings['image_size']}px, {strategy.num_replicas_in_sync} replica(s)")
+  for directory in (cfg.output_dir, os.path.join(cfg.output_dir, FILES_DIR)):
+    job_io.remove_stale_temporaries(directory)  # Never a live job's (job_io.is_stale).
+  job_io.say(f"shard {cfg.shard_index}/{cfg.num_shards}: {len(mine)} of {len(files)} "
+             f"input files, {len(mine) - len(todo)} already done; teacher "
+             f"{teacher.num_classes} classes at {settings['image_size']}px, "
+             f"{strategy.num_replicas_in_sync} replica(s)")
   _label_files(todo, teacher, cfg, settings, after_file)
+  # Two first jobs racing with different settings both pass _pin_run's read-back only
+  # if they read before the other wrote: the loser is caught here, before its stats.
+  if fileio.read_json(pinned_path) != pinned:
+    raise ValueError(f"{pinned_path} changed while this job ran: another job with "
+                     "other settings shares --output_dir")
   return _write_shard_stats(cfg, settings, teacher.num_classes, mine, done_paths)
 
 
 def _label_files(todo, teacher, cfg, settings, after_file) -> None:
-  from tqdm import tqdm
   jobs = [FileJob(source=path, read=path, out=os.path.join(cfg.output_dir, name),
                   done=done_path) for path, name, done_path in todo]
-  with tqdm(unit="img", unit_scale=True, mininterval=2.0, smoothing=0.05,
-            desc=f"label {cfg.shard_index}/{cfg.num_shards}") as bar:
+  # Progress that cannot stop the job: an orphaned job's stderr may be a closed pipe.
+  with job_io.progress(unit="img", unit_scale=True, mininterval=2.0, smoothing=0.05,
+                       desc=f"label {cfg.shard_index}/{cfg.num_shards}") as bar:
     label_files_resilient(jobs, teacher, cfg, settings, bar.update, after_file)
 
 
@@ -502,7 +533,7 @@ def _write_shard_stats(cfg, settings, num_classes, mine, done_paths) -> dict:
   path = os.path.join(cfg.output_dir,
                       selection.label_stats_name(cfg.shard_index, cfg.num_shards))
   selection.write_label_stats(path, stats)
-  print(f"shard {cfg.shard_index}: {stats['num_images']:,} images, "
-        f"{stats['num_corrupt']} corrupt; stats in {path}")
+  job_io.say(f"shard {cfg.shard_index}: {stats['num_images']:,} images, "
+             f"{stats['num_corrupt']} corrupt; stats in {path}")
   return stats
 

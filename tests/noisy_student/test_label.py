@@ -1,7 +1,11 @@
 """Sharded teacher inference on tiny TFRecords with a tiny Keras teacher: coverage,
 byte-for-byte records, resumption after a crash, corrupt records and bad inputs."""
+import dataclasses
 import glob
 import os
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -10,6 +14,7 @@ import tensorflow as tf
 
 from data import fileio
 from data import schema
+from noisy_student import job_io
 from noisy_student import labeling
 from noisy_student import model_io
 from noisy_student import selection
@@ -128,22 +133,31 @@ def test_rerun_after_crash_is_byte_identical(world, tmp_path):
   # A half-written file of a killed job, as atomic_path would leave it after SIGKILL.
   stale = crashed / f"{fileio.TMP_MARK}deadbeef-unlabeled-00001.tfrecord"
   stale.write_bytes(b"half")
+  long_ago = time.time() - 2 * job_io.STALE_AFTER_SECONDS
+  os.utime(stale, (long_ago, long_ago))
+  # Another host's job may be writing this one right now: left alone.
+  live = crashed / f"{fileio.TMP_MARK}00000000.1.0a1b2c3d-unlabeled-00002.tfrecord"
+  live.write_bytes(b"in progress")
   first = open(calls[0], "rb").read()
   done = []
   stats = labeling.run_labeling(_config(world, crashed), after_file=done.append)
   assert len(done) == 2                                        # the first file skipped
   assert open(calls[0], "rb").read() == first
-  assert not stale.exists()
+  assert not stale.exists() and live.exists()
   for name in _outputs(clean):
     assert (clean / name).read_bytes() == (crashed / name).read_bytes(), name
   assert stats["num_images"] == len(world[2])
 
 
-def test_temperature_top_k_and_half_precision(world, tmp_path):
+def test_t1_distribution_top_k_and_half_precision(world, tmp_path):
+  """The stored soft label is the teacher's T = 1 distribution: the one temperature is
+  the trainer's --teacher_temperature (selection filters on T = 1 confidence)."""
   _, _, records, model = world
   pattern = str(world[0] / "unlabeled-00000.tfrecord")
-  labeling.run_labeling(_config(world, tmp_path / "t", pattern=pattern, temperature=2.0,
-                                storage="float16"))
+  assert "temperature" not in {f.name for f in dataclasses.fields(labeling.LabelConfig)}
+  stats = labeling.run_labeling(_config(world, tmp_path / "t", pattern=pattern,
+                                        storage="float16"))
+  assert stats["settings"]["temperature"] == 1.0
   labeling.run_labeling(_config(world, tmp_path / "k", pattern=pattern,
                                 soft_label_top_k=2))
   half = _outputs(tmp_path / "t")["unlabeled-00000.tfrecord"]
@@ -151,9 +165,8 @@ def test_temperature_top_k_and_half_precision(world, tmp_path):
   for h, k in zip(half, top):
     image = tf.io.decode_png(_features(h)[schema.ENCODED].bytes_list.value[0], channels=3)
     p = tf.nn.softmax(model(tf.cast(image, tf.float32)[None])[0]).numpy().astype(np.float64)
-    q = np.sqrt(p) / np.sqrt(p).sum()                          # q ∝ p^(1/T), T = 2
     parsed = schema.parse_example(tf.constant(h), with_pseudo=True, num_classes=C)
-    np.testing.assert_allclose(parsed["pseudo_probs"].numpy(), q, atol=2e-3)
+    np.testing.assert_allclose(parsed["pseudo_probs"].numpy(), p, atol=2e-3)
     assert schema.PSEUDO_PROBS not in _features(h)
     kf = _features(k)
     assert list(kf[schema.PSEUDO_TOPK_INDICES].int64_list.value) == list(np.argsort(-p)[:2])
@@ -176,7 +189,7 @@ def test_truncated_file_is_labelled_up_to_the_break(world, tmp_path):
   assert len(_outputs(tmp_path / "out")) == 0                   # named cut.tfrecord
   assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "out" / "cut.tfrecord"))) == 3
   assert sorted(os.listdir(tmp_path / "out")) == [
-      "_files", "cut.tfrecord", "stats-00000-of-00001.json"]
+      "_files", "cut.tfrecord", selection.LABEL_SETTINGS, "stats-00000-of-00001.json"]
 
 
 def test_bad_inputs_fail_before_work(world, tmp_path):
@@ -196,7 +209,7 @@ def test_bad_inputs_fail_before_work(world, tmp_path):
   pattern = str(root / "unlabeled-00000.tfrecord")
   labeling.run_labeling(_config(world, out, pattern=pattern))
   with pytest.raises(ValueError, match="other settings"):
-    labeling.run_labeling(_config(world, out, pattern=pattern, temperature=0.5))
+    labeling.run_labeling(_config(world, out, pattern=pattern, storage="float16"))
 
 
 def test_record_helper_replaces_old_pseudo_keys():
@@ -209,6 +222,174 @@ def test_record_helper_replaces_old_pseudo_keys():
   assert schema.PSEUDO_PROBS not in feats and feats[schema.PSEUDO_LABEL].int64_list.value == [0]
   assert feats[schema.ENCODED].bytes_list.value == [b"bytes"]
   assert set(feats.keys()) == set(src) - {schema.PSEUDO_PROBS} | {schema.PSEUDO_PROBS_F16}
+
+
+# --------------------------------------------------------------------------- reruns
+
+
+def test_rerun_with_other_shard_count_or_teacher_is_refused(world, tmp_path):
+  """The output directory is pinned to its settings (label-settings.json): stats of
+  another shard count would be summed with this run's by noisy_student.select."""
+  root, _, _, _ = world
+  out = tmp_path / "out"
+  labeling.run_labeling(_config(world, out, shard_index=0, num_shards=2))
+  with pytest.raises(ValueError, match=r"other settings.*num_shards: 2 .*4"):
+    labeling.run_labeling(_config(world, out, shard_index=3, num_shards=4))
+  other = _save_teacher(tmp_path / "other", dropout=0.5)
+  with pytest.raises(ValueError, match=r"other settings.*teacher"):
+    labeling.run_labeling(_config(world, out, shard_index=1, num_shards=2, teacher=other))
+  with pytest.raises(ValueError, match=r"other settings.*input_files"):
+    labeling.run_labeling(_config(world, out, shard_index=1, num_shards=2,
+                                  pattern=str(root / "unlabeled-0000[01].tfrecord")))
+  assert sorted(glob.glob(str(out / "stats-*"))) == [str(out / "stats-00000-of-00002.json")]
+  labeling.run_labeling(_config(world, out, shard_index=1, num_shards=2))  # same: fine
+  # A directory labelled before the settings file existed: its stats name the run.
+  os.remove(out / selection.LABEL_SETTINGS)
+  with pytest.raises(ValueError, match=r"stats-00000-of-00002\.json"):
+    labeling.run_labeling(_config(world, out, shard_index=0, num_shards=4))
+
+
+def test_second_job_on_the_same_shard_keeps_the_first_ones_temporary(world, tmp_path,
+                                                                      monkeypatch):
+  """Two jobs on one shard (a retried task while the first still runs): both finish,
+  and the outputs are those of a single job (the last rename wins, same bytes)."""
+  clean = tmp_path / "clean"
+  labeling.run_labeling(_config(world, clean))
+  out = tmp_path / "out"
+  original, second = labeling._Sink._open, []  # noqa: SLF001
+
+  def open_then_run_a_second_job(self, k):
+    original(self, k)                  # the first job now writes file k's temporary
+    if k == 1 and not second:
+      second.append(labeling.run_labeling(_config(world, out)))
+
+  monkeypatch.setattr(labeling._Sink, "_open", open_then_run_a_second_job)  # noqa: SLF001
+  first = labeling.run_labeling(_config(world, out))
+  assert second and first["num_images"] == second[0]["num_images"] == len(world[2])
+  for name in _outputs(clean):
+    assert (clean / name).read_bytes() == (out / name).read_bytes(), name
+  assert not [f for f in os.listdir(out) if fileio.is_temporary(f)]
+
+
+# --------------------------------------------------------------------------- the teacher
+
+
+def _save_teacher(path, *, dropout=0.0, batch_norm=False):
+  inputs = keras.Input([SIZE, SIZE, 3])
+  x = keras.layers.Rescaling(1 / 255.0)(inputs)
+  x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+  if batch_norm:
+    bn = keras.layers.BatchNormalization()
+    x = bn(x)
+    # Moving statistics far from any batch's: training-mode BN would change the output.
+    bn.moving_mean.assign(np.full([8], 0.5, np.float32))
+    bn.moving_variance.assign(np.full([8], 4.0, np.float32))
+  x = keras.layers.GlobalAveragePooling2D()(x)
+  if dropout:
+    x = keras.layers.Dropout(dropout)(x)
+  model = keras.Model(inputs, keras.layers.Dense(C)(x))
+  model_io.save_model(model, str(path), {"num_classes": C, "image_size": SIZE,
+                                         "small_image": True})
+  return str(path)
+
+
+def _probs(out, name="unlabeled-00000.tfrecord"):
+  return np.array([_features(s)[schema.PSEUDO_PROBS].float_list.value
+                   for s in _outputs(out)[name]])
+
+
+def _images(world, name="unlabeled-00000.tfrecord"):
+  return tf.stack([tf.cast(tf.io.decode_png(_features(r.numpy())[schema.ENCODED]
+                                            .bytes_list.value[0], channels=3), tf.float32)
+                   for r in tf.data.TFRecordDataset(str(world[0] / name))])
+
+
+def test_teacher_labels_in_inference_mode_and_noised_adds_dropout(world, tmp_path):
+  teacher = _save_teacher(tmp_path / "dropout", dropout=0.9, batch_norm=True)
+  pattern = str(world[0] / "unlabeled-00000.tfrecord")
+  runs = {name: labeling.run_labeling(_config(world, tmp_path / name, teacher=teacher,
+                                              pattern=pattern, noised=noised))
+          for name, noised in (("clean", False), ("noised1", True), ("noised2", True))}
+  assert [s["num_images"] for s in runs.values()] == [PER_FILE[0]] * 3
+  model, _ = model_io.load_model(teacher)
+  images = _images(world)
+  inference = tf.nn.softmax(model(images, training=False)).numpy()
+  training = tf.nn.softmax(model(images, training=True)).numpy()
+  assert np.abs(training - inference).max() > 1e-2          # the check can tell them apart
+  np.testing.assert_allclose(_probs(tmp_path / "clean"), inference, atol=1e-5)
+  # --noised: dropout on, so labels differ from the clean ones and from run to run.
+  assert np.abs(_probs(tmp_path / "noised1") - inference).max() > 1e-2
+  assert np.abs(_probs(tmp_path / "noised1") - _probs(tmp_path / "noised2")).max() > 1e-2
+
+
+def test_noised_keeps_batch_norm_in_inference_mode(world, tmp_path):
+  teacher = _save_teacher(tmp_path / "bn", batch_norm=True)
+  pattern = str(world[0] / "unlabeled-00000.tfrecord")
+  labeling.run_labeling(_config(world, tmp_path / "noised", teacher=teacher,
+                                pattern=pattern, noised=True))
+  model, _ = model_io.load_model(teacher)
+  images = _images(world)
+  inference = tf.nn.softmax(model(images, training=False)).numpy()
+  assert np.abs(tf.nn.softmax(model(images, training=True)).numpy()
+                - inference).max() > 1e-2
+  np.testing.assert_allclose(_probs(tmp_path / "noised"), inference, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the command
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _command(world, out, *flags):
+  root, teacher, _, _ = world
+  return [sys.executable, "-m", "noisy_student.label", f"--teacher={teacher}",
+          f"--input_pattern={root / 'unlabeled-*'}", f"--output_dir={out}",
+          "--batch_size=4", *flags]
+
+
+def _one_line_error(result):
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode != 0 and lines, result
+  assert "Traceback" not in result.stderr, result.stderr
+  return lines[-1]
+
+
+def test_command_errors_are_one_line(world, tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run(_command(world, tmp_path / "t", "--temperature=2"), cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+  line = _one_line_error(result)
+  assert "--teacher_temperature" in line and "noisy_student.train" in line, line
+  # --temperature=1.0 (what older drivers pass) is accepted; an empty pattern is not.
+  root = world[0]
+  result = subprocess.run(
+      _command(world, tmp_path / "e", "--temperature=1.0")[:-2]
+      + [f"--input_pattern={root / 'nothing-*'}", "--batch_size=4"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert "no files match" in _one_line_error(result)
+  assert not (tmp_path / "t").exists() and not (tmp_path / "e").exists()
+
+
+def test_closed_stdout_does_not_stop_the_job(world, tmp_path):
+  """An orphaned job whose reader went away: its progress and messages fail to write
+  (EPIPE); the labelling goes on and finishes."""
+  out = tmp_path / "out"
+  proc = subprocess.Popen(_command(world, out), cwd=REPO, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  proc.stdout.close()                                  # the reader is gone
+  try:
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  if rc != 0:  # Its output went nowhere: rerun it with the output kept, to show why.
+    again = subprocess.run(_command(world, tmp_path / "again"), cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    pytest.fail(f"exit {rc} with its output pipe closed; with the output kept: exit "
+                f"{again.returncode}, {again.stdout[-1500:]}{again.stderr[-1500:]}")
+  assert len(_outputs(out)) == len(PER_FILE)
+  assert fileio.read_json(str(out / "stats-00000-of-00001.json"))["num_images"] == \
+      len(world[2])
 
 
 _MIRRORED = """
