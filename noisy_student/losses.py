@@ -4,7 +4,10 @@ One forward pass over the concatenation of B labeled and U = ceil(r * B) unlabel
 images. Per-example cross entropy against:
   * labeled rows: the one-hot label with label smoothing 0.1;
   * unlabeled rows, soft labels: the teacher's distribution q = p^(1/T) / sum p^(1/T)
-    (online: softmax(teacher_logits / T)), unsmoothed;
+    (online: softmax(teacher_logits / T)), unsmoothed. This is the ONE place the
+    temperature T (`teacher_temperature`) is applied: noisy_student.label stores the
+    teacher's T = 1 distribution p and selection filters on its confidence, as the
+    official code does (filter_unlabel.py on p, main.py sharpening while training);
   * unlabeled rows, hard labels: one-hot argmax of the teacher, smoothed like labels.
 
 Two weightings of the parts:

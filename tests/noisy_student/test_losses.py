@@ -115,6 +115,21 @@ def test_temperature_and_teacher_targets():
   np.testing.assert_allclose(targets, sharp, rtol=1e-6)
 
 
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_temperature_is_applied_once_in_the_loss(temperature):
+  """noisy_student.label stores the teacher's T = 1 distribution; the loss sharpens it
+  with teacher_temperature, matching the online teacher's softmax(z / T)."""
+  logits = np.array([[1.0, 2.0, 0.0], [0.3, -1.0, 2.5]], "float32")
+  stored = tf.nn.softmax(logits).numpy()                     # what labelling writes
+  config = losses.LossConfig(label_type="soft", teacher_temperature=temperature)
+  offline = losses.student_targets(tf.constant(stored), tf.ones([2]), config).numpy()
+  online = losses.teacher_targets(tf.constant(logits), "soft", temperature).numpy()
+  np.testing.assert_allclose(offline, online, rtol=1e-5)
+  np.testing.assert_allclose(online, np.exp(logits / temperature)
+                             / np.exp(logits / temperature).sum(-1, keepdims=True),
+                             rtol=1e-5)
+
+
 def test_weight_decay_skips_batch_norm():
   inputs = keras.Input((4, 4, 3))
   x = keras.layers.Conv2D(2, 3, name="conv")(inputs)
