@@ -183,32 +183,36 @@ def _test_stage(c: ExperimentConfig, name: str, model_dir: str,
 
 def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
   teacher = c.model_dir(0)
-  stages = [
+  return [
       _train_stage("iter0/teacher", _train_command(
           c, teacher, c.teacher, c.noise, c.teacher_train_steps,
           f"{c.path('data', 'split')}/labeled-*"), teacher, ("data/split",)),
       _test_stage(c, "iter0/teacher_test", teacher, "iter0/teacher"),
   ]
-  if c.train_upper_bound:
-    # The bound follows the teacher's schedule stretched over its own length: the
-    # trainer counts warmup and decay in epochs of its labeled set, which are
-    # num_train_images / num_labeled times longer on all the labels, so the periods are
-    # scaled back to the teacher's, then stretched by the ratio of training images seen.
-    # (Unstretched, the 0.97 decay every ~34 steps leaves a long bound no learning rate.)
-    steps = c.upper_bound_train_steps or c.student_train_steps
-    batch = c.upper_bound_batch_size or c.batch_size
-    stretch = steps * batch / (c.teacher_train_steps * c.batch_size)
-    scale = c.num_labeled / c.num_train_images * stretch
-    bound = c.path("upper_bound")
-    stages += [
-        _train_stage("upper_bound/train", _train_command(
-            c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
-            (f"--warmup_epochs={WARMUP_EPOCHS * scale:.6g}",
-             f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}"), batch),
-            bound, ("data/records_train", "data/split")),
-        _test_stage(c, "upper_bound/test", bound, "upper_bound/train"),
-    ]
-  return stages
+
+
+def upper_bound_stages(c: ExperimentConfig) -> list[driver.Stage]:
+  """The teacher recipe on all training labels (none unless --train_upper_bound)."""
+  if not c.train_upper_bound:
+    return []
+  # The bound follows the teacher's schedule stretched over its own length: the
+  # trainer counts warmup and decay in epochs of its labeled set, which are
+  # num_train_images / num_labeled times longer on all the labels, so the periods are
+  # scaled back to the teacher's, then stretched by the ratio of training images seen.
+  # (Unstretched, the 0.97 decay every ~34 steps leaves a long bound no learning rate.)
+  steps = c.upper_bound_train_steps or c.student_train_steps
+  batch = c.upper_bound_batch_size or c.batch_size
+  stretch = steps * batch / (c.teacher_train_steps * c.batch_size)
+  scale = c.num_labeled / c.num_train_images * stretch
+  bound = c.path("upper_bound")
+  return [
+      _train_stage("upper_bound/train", _train_command(
+          c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
+          (f"--warmup_epochs={WARMUP_EPOCHS * scale:.6g}",
+           f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}"), batch),
+          bound, ("data/records_train", "data/split")),
+      _test_stage(c, "upper_bound/test", bound, "upper_bound/train"),
+  ]
 
 
 def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
@@ -271,7 +275,8 @@ def _student_inputs(c: ExperimentConfig, i: int) -> tuple[str, ...]:
 
 
 def plan(c: ExperimentConfig) -> list[driver.Stage]:
+  """Every stage in running order; the all-labels bound, which nothing reads, comes last."""
   stages = data_stages(c) + teacher_stages(c)
   for i in range(1, c.iterations + 1):
     stages += iteration_stages(c, i)
-  return stages
+  return stages + upper_bound_stages(c)

@@ -28,10 +28,25 @@ flags.DEFINE_enum("split", "test", ["test", "dev"],
                   "Which accuracies: test (what the README reports) or dev (what "
                   "settings are chosen by; no all-labels bound there).")
 flags.DEFINE_string("output", None, "Also write the table to this file (atomically).")
+flags.DEFINE_string("all_labels_dir", None,
+                    "Results of a separate all-labels run, as <dir>/seed<N>/report.json: "
+                    "each row takes the bound of its own seed from there.")
 FLAGS = flags.FLAGS
 
 
-def load(workdir: str) -> dict:
+def load(workdir: str, all_labels_dir: str | None = None) -> dict:
+  """A driver report; with `all_labels_dir`, its seed's all-labels bound added."""
+  report = _read(workdir)
+  if all_labels_dir:
+    bound = _read(os.path.join(all_labels_dir, f"seed{report.get('seed', 0)}"))
+    if bound.get("all_labels_accuracy") is None:
+      raise ValueError(f"{all_labels_dir}: seed {report.get('seed', 0)} has no "
+                       "all_labels_accuracy")
+    report["all_labels_accuracy"] = bound["all_labels_accuracy"]
+  return report
+
+
+def _read(workdir: str) -> dict:
   path = os.path.join(workdir, "report.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path}: no report (has the driver finished in {workdir}?)")
@@ -93,8 +108,9 @@ def _cell(column: str, x: float | None) -> str:
   return f"{x:.2f}%"
 
 
-def table(workdirs: list[str], mean: bool = True, split: str = "test") -> str:
-  rows = [(w, row(load(w), split)) for w in workdirs]
+def table(workdirs: list[str], mean: bool = True, split: str = "test",
+          all_labels_dir: str | None = None) -> str:
+  rows = [(w, row(load(w, all_labels_dir), split)) for w in workdirs]
   columns = []
   for _, values in rows:
     columns += [c for c in values if c not in columns]
@@ -119,7 +135,7 @@ def main(argv):
   workdirs = argv[1:]
   if not workdirs:
     raise app.UsageError("give one or more driver workdirs")
-  text = table(workdirs, FLAGS.mean, FLAGS.split)
+  text = table(workdirs, FLAGS.mean, FLAGS.split, FLAGS.all_labels_dir)
   sys.stdout.write(text)
   if FLAGS.output:
     fileio.write_text_atomic(FLAGS.output, text)

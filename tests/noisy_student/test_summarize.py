@@ -96,3 +96,24 @@ def test_dev_split_columns(tmp_path):
   lines = summarize.table([str(d)], split="dev").splitlines()
   assert lines[0] == "| workdir | baseline | iteration 1 | gain 1 | control 1 | vs control 1 |"
   assert lines[2] == f"| {d} | 79.00% | 84.00% | +5.00 | 80.00% | +4.00 |"
+
+
+def test_bound_from_a_separate_all_labels_run(tmp_path):
+  """Each row takes the all-labels bound of its own seed from --all_labels_dir."""
+  rows = []
+  for seed, bound in ((0, 0.90), (1, 0.92)):
+    d = tmp_path / "headline" / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "report.json").write_text(json.dumps({"seed": seed, "baseline_accuracy": 0.80,
+        "iterations": [{"iteration": 1, "student_accuracy": 0.85}]}))
+    b = tmp_path / "bound" / f"seed{seed}"
+    b.mkdir(parents=True)
+    (b / "report.json").write_text(json.dumps({"seed": seed, "baseline_accuracy": 0.79,
+        "iterations": [], "all_labels_accuracy": bound}))
+    rows.append(str(d))
+  lines = summarize.table(rows, mean=False,
+                          all_labels_dir=str(tmp_path / "bound")).splitlines()
+  assert lines[2].endswith("| 90.00% | 0.50 |")  # (85 - 80) / (90 - 80)
+  assert lines[3].endswith("| 92.00% | 0.42 |")  # (85 - 80) / (92 - 80)
+  with pytest.raises(FileNotFoundError, match="seed0"):
+    summarize.load(rows[0], str(tmp_path / "nowhere"))
