@@ -59,25 +59,30 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .venv-jax .pytest_cache
 
-# Robustness of the final student vs its labels-only teacher on Fashion-MNIST-C / -P and
-# FGSM / PGD (README "Fashion-MNIST robustness"); reads the models of $(WORKDIR).
+# Robustness of the final student vs its compute-matched control (labels only, same
+# budget) and vs its labels-only teacher, on Fashion-MNIST-C / -P and FGSM / PGD
+# (README "Fashion-MNIST robustness"); reads the models of $(WORKDIR). The control is
+# normalised by the teacher, the student by its control.
 ROBUST_N ?= 1000
 robustness: $(STAMP)
 	set -e; W=$(WORKDIR); R=$$W/robustness; \
-	S=$$(ls -d $$W/iter*/student | sort -V | tail -1); T=$$W/iter0/teacher; \
+	I=$$(ls -d $$W/iter*/student | sort -V | tail -1 | xargs dirname); \
+	test -d $$I/control || { echo "no $$I/control: run the driver with --train_controls"; exit 2; }; \
 	test -d $$W/data/fmnist-c || $(PY) -m data.make_corrupted \
 	    --input_pattern="$$W/data/records/test-*" --output_dir=$$W/data/fmnist-c \
 	    --max_examples=$(ROBUST_N); \
-	for who in teacher student; do \
-	  m=$$T; base=; \
-	  if [ $$who = student ]; then m=$$S; fi; \
+	for who in teacher control student; do \
+	  case $$who in teacher) m=$$W/iter0/teacher; b=;; control) m=$$I/control; b=teacher;; \
+	    student) m=$$I/student; b=control;; esac; \
 	  for suite in clean corruptions perturbations adversarial; do \
-	    if [ $$who = student ] && [ $$suite != clean ]; then \
-	      base=--baseline_results=$$R/teacher/$$suite/results.json; else base=; fi; \
+	    base=; \
+	    if [ -n "$$b" ] && [ $$suite != clean ]; then \
+	      base=--baseline_results=$$R/$$b/$$suite/results.json; fi; \
 	    test -f $$R/$$who/$$suite/results.json || $(PY) -m noisy_student.evaluate \
 	      --model=$$m --suite=$$suite --output_dir=$$R/$$who/$$suite \
 	      --data_pattern="$$W/data/records/test-*" --max_examples=$(ROBUST_N) \
 	      --corruption_pattern="$$W/data/fmnist-c/{corruption}/{severity}/*.tfrecord" $$base; \
 	  done; \
 	done; \
-	echo "student: $$S"; cat $$R/student/*/results.md
+	echo "student: $$I/student, normalised by its control $$I/control"; \
+	cat $$R/student/*/results.md
