@@ -223,7 +223,7 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
       "noisy_student.label", f"--teacher={teacher}",
       f"--input_pattern={c.path('data', 'split')}/unlabeled-*",
       f"--output_dir={predictions}", f"--shard_index={s}", f"--num_shards={c.label_shards}",
-      f"--temperature={c.teacher_temperature}", f"--num_classes={c.num_classes}")
+      f"--num_classes={c.num_classes}")
       + (("--noised",) if c.noised_teacher else ())
       for s in range(c.label_shards))
   select = tuple((
@@ -236,6 +236,7 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
   unlabeled_augment = c.unlabeled_augment if c.student_noise else "none"
   pseudo_labeled = (f"--unlabeled_pattern={selected}/*.tfrecord",
                     f"--unlabeled_ratio={c.unlabeled_ratio}", f"--label_type={c.label_type}",
+                    f"--teacher_temperature={c.teacher_temperature}",
                     f"--unlabeled_augment={unlabeled_augment}")
   stages = [
       driver.Stage(f"iter{i}/label", label, parallel=c.parallel_jobs,

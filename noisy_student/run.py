@@ -58,7 +58,10 @@ F.DEFINE_bool("student_noise", True,
 F.DEFINE_enum("unlabeled_augment", "randaugment", ["randaugment", "standard", "none"],
               "Augmentation of the unlabeled images only (paper's ablation).")
 F.DEFINE_enum("label_type", "soft", ["soft", "hard"], "Pseudo-label type.")
-F.DEFINE_float("teacher_temperature", 1.0, "Softmax temperature of the pseudo labels.")
+F.DEFINE_float("teacher_temperature", 1.0,
+               "Softmax temperature of soft pseudo labels, applied once, by the "
+               "student's loss; labelling and selection use the teacher's T = 1 "
+               "distribution, as the official code does.")
 F.DEFINE_bool("noised_teacher", False,
               "Ablation: the teacher labels with its model noise on (dropout and "
               "stochastic depth; the images stay clean) instead of un-noised.")

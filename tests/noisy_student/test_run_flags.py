@@ -106,8 +106,9 @@ def test_control_is_the_student_without_pseudo_labels():
   for i in (1, 2, 3):
     student, control = command(f"iter{i}/student"), command(f"iter{i}/control")
     pseudo = {a for a in student if a.split("=")[0] in (
-        "--unlabeled_pattern", "--unlabeled_ratio", "--label_type", "--unlabeled_augment")}
-    assert len(pseudo) == 4
+        "--unlabeled_pattern", "--unlabeled_ratio", "--label_type", "--unlabeled_augment",
+        "--teacher_temperature")}
+    assert len(pseudo) == 5
     assert [a for a in student if a not in pseudo] == [
         a.replace(f"iter{i}/control", f"iter{i}/student") for a in control]
   warm = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--iterations=2",
@@ -121,3 +122,11 @@ def test_control_is_the_student_without_pseudo_labels():
   assert "--dropout_rate=0.0" in next(l for l in no_noise if l.startswith("iter1/control "))
   assert not any(l.startswith("iter1/control") for l in _plan(
       "--flagfile=flags/fashion_mnist_demo.flags", "--workdir=runs/x", "--notrain_controls"))
+
+
+def test_temperature_is_applied_once_by_the_student():
+  lines = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x",
+                "--teacher_temperature=0.5")
+  assert not any("temperature" in l for l in lines if l.startswith("iter1/label "))
+  assert "--teacher_temperature=0.5" in next(l for l in lines if l.startswith("iter1/student "))
+  assert "temperature" not in next(l for l in lines if l.startswith("iter1/control "))
