@@ -89,10 +89,10 @@ class StageRunner:
     key = self._marker_key(name)
     return key is not None and key == self.keys.get(name, key)
 
-  def seconds(self, name: str) -> float:
-    """Wall time the finished stage took (0 if unfinished)."""
+  def marker(self, name: str) -> dict:
+    """What the finished stage recorded: key, commands, seconds, git commit, time."""
     path = self.marker_path(name)
-    return float(fileio.read_json(path).get("seconds", 0)) if os.path.exists(path) else 0.0
+    return fileio.read_json(path) if os.path.exists(path) else {}
 
   def key(self, stage: Stage) -> str:
     """Hash of the stage's commands and of the keys of the stages it reads from."""
@@ -133,6 +133,7 @@ class StageRunner:
     fileio.write_json_atomic(self.marker_path(stage.name), {
         "stage": stage.name,
         "key": key,
+        "git_commit": git_commit(),
         "commands": [display(c) for c in stage.commands],
         "seconds": round(seconds, 1),
         "finished": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -13,6 +13,8 @@ Layout of `workdir`:
   iterK/control/                            the student's compute-matched control: same
                                             model, initialisation, steps, schedule, noise
                                             and labeled batch, no pseudo-labeled images
+                                            (from-scratch students of one model share the
+                                            first such iteration's control)
   */test/                                   test-set evaluation of that model
   report.{md,json,png}
 """
@@ -110,8 +112,20 @@ class ExperimentConfig:
     return self.path("iter0", "teacher") if iteration == 0 else self.path(
         f"iter{iteration}", "student")
 
+  def control_iteration(self, iteration: int) -> int:
+    """The iteration whose control serves `iteration`'s student.
+
+    A control sees no pseudo labels, so a from-scratch control depends only on the
+    student's model: one control serves every iteration with the same student model.
+    A warm-started control starts from that iteration's teacher and is its own.
+    """
+    if self.init_student_from_teacher:
+      return iteration
+    return next(j for j in range(1, iteration + 1)
+                if self.student(j) == self.student(iteration))
+
   def control_dir(self, iteration: int) -> str:
-    return self.path(f"iter{iteration}", "control")
+    return self.path(f"iter{self.control_iteration(iteration)}", "control")
 
 
 def model_stage(iteration: int) -> str:
@@ -247,7 +261,7 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
                    student, _student_inputs(c, i) + (f"iter{i}/select",)),
       _test_stage(c, f"iter{i}/student_test", student, f"iter{i}/student"),
   ]
-  if c.train_controls:
+  if c.train_controls and c.control_iteration(i) == i:
     control = c.control_dir(i)
     stages += [
         _train_stage(f"iter{i}/control", _student_command(c, i, control),

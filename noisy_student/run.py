@@ -148,10 +148,13 @@ def main(argv):
   for n, stage in enumerate(stages, 1):
     print(f"=== stage {n}/{len(stages)}: {stage.name}", flush=True)
     runner.run(stage)
+  markers = [runner.marker(s.name) for s in stages]
   provenance = {
       "command": driver.display(("noisy_student.run",) + tuple(sys.argv[1:])),
       "git_commit": driver.git_commit(),
-      "stage_seconds": round(sum(runner.seconds(s.name) for s in stages), 1),
+      # The code each stage ran with (a resumed experiment may span several commits).
+      "stage_commits": sorted({m.get("git_commit") or "unrecorded" for m in markers}),
+      "stage_seconds": round(sum(m.get("seconds", 0) for m in markers), 1),
   }
   report.write(config, provenance, FLAGS.results_dir)
 

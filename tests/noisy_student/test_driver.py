@@ -138,3 +138,10 @@ def test_stage_jobs_die_with_the_driver(tmp_path):
       return
     time.sleep(0.2)
   pytest.fail(f"stage job {child} outlived its driver")
+
+
+def test_marker_records_the_code_that_ran(runner, tmp_path):
+  runner.run(driver.Stage("s", ((FAKE, str(tmp_path / "o"), "x"),)))
+  marker = runner.marker("s")
+  assert marker["git_commit"] == driver.git_commit() and marker["seconds"] >= 0
+  assert runner.marker("never-ran") == {}

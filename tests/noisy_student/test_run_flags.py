@@ -103,7 +103,7 @@ def test_control_is_the_student_without_pseudo_labels():
   lines = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--seed=2",
                 "--iterations=3")
   command = lambda name: shlex.split(next(l for l in lines if l.startswith(name + " ")))[1:]
-  for i in (1, 2, 3):
+  for i in (1,):
     student, control = command(f"iter{i}/student"), command(f"iter{i}/control")
     pseudo = {a for a in student if a.split("=")[0] in (
         "--unlabeled_pattern", "--unlabeled_ratio", "--label_type", "--unlabeled_augment",
@@ -130,3 +130,17 @@ def test_temperature_is_applied_once_by_the_student():
   assert not any("temperature" in l for l in lines if l.startswith("iter1/label "))
   assert "--teacher_temperature=0.5" in next(l for l in lines if l.startswith("iter1/student "))
   assert "temperature" not in next(l for l in lines if l.startswith("iter1/control "))
+
+
+def test_from_scratch_students_of_one_model_share_a_control():
+  """A from-scratch control never sees the teacher, so iterations with the same student
+  model share one; a growing student gets its own, and warm starts get one each."""
+  from noisy_student import iterate
+  c = iterate.ExperimentConfig(workdir="w", iterations=3, students=(
+      iterate.ModelSpec(width=0.25), iterate.ModelSpec(width=0.25), iterate.ModelSpec(width=0.5)))
+  names = [s.name for s in iterate.plan(c)]
+  assert [n for n in names if n.endswith("/control")] == ["iter1/control", "iter3/control"]
+  assert [c.control_dir(i) for i in (1, 2, 3)] == [
+      "w/iter1/control", "w/iter1/control", "w/iter3/control"]
+  warm = iterate.ExperimentConfig(workdir="w", iterations=2, init_student_from_teacher=True)
+  assert [warm.control_dir(i) for i in (1, 2)] == ["w/iter1/control", "w/iter2/control"]
