@@ -1,6 +1,7 @@
 """Image preprocessing: encoded bytes -> float32 [S, S, 3] in [0, 255] (the model normalises).
 
-The paths of the official EfficientNet / Noisy Student code (NOTES.md section 4; paper
+The paths of the official EfficientNet / Noisy Student code (`preprocessing.py` in tensorflow/tpu
+models/official/efficientnet and google-research/noisystudent; paper
 Sec. 3.1 "input noise" is the RandAugment part):
 
   * imagenet, training: Inception crop (`stateless_sample_distorted_bounding_box`, area

@@ -8,7 +8,7 @@ small function each, collected in `NAME_TO_OP` and dispatched per image with
 sampled-then-unused probability. Everything works eagerly, inside `tf.function` and inside
 `tf.data.Dataset.map` with unknown static height/width.
 
-Magnitude -> argument (m = M / 10; NOTES.md section 4):
+Magnitude -> argument (m = M / 10; the official `autoaugment.py`'s `level_to_arg`):
   Rotate            30 m degrees, random sign        ShearX/Y      0.3 m, random sign
   TranslateX/Y      m * translate_const px, sign     Cutout  half-size int(m * cutout_const)
   Color/Contrast/Brightness/Sharpness  factor 1.8 m + 0.1

@@ -27,7 +27,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-# AlexNet's ImageNet-C top-1 errors averaged over the 5 severities (NOTES.md section 5),
+# AlexNet's ImageNet-C top-1 errors averaged over the 5 severities (Hendrycks & Dietterich, ICLR 2019:
+# the normaliser of the ImageNet-C benchmark's mCE),
 # in the benchmark's canonical corruption order.
 ALEXNET_CORRUPTION_ERRORS = {
     "gaussian_noise": 0.886428,
@@ -50,7 +51,7 @@ CORRUPTIONS = tuple(ALEXNET_CORRUPTION_ERRORS)
 SEVERITIES = (1, 2, 3, 4, 5)
 
 # AlexNet's clean ImageNet top-1 error, needed only for the AlexNet-relative mCE. It is
-# not in NOTES.md: Hendrycks & Dietterich (2019, Table 1) list 43.5; the torchvision
+# not part of that table: Hendrycks & Dietterich (2019, Table 1) list 43.5; the torchvision
 # AlexNet they evaluate has 56.52% top-1 accuracy. Override with --alexnet_clean_error.
 ALEXNET_CLEAN_ERROR = 0.4348
 

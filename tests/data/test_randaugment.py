@@ -24,7 +24,7 @@ def photo():
 
 
 # ----------------------------------------------------------------------------------------
-# Independent reference: PIL at the official magnitude -> argument maps (NOTES.md sec. 4).
+# Independent reference: PIL at the official magnitude -> argument maps (official autoaugment.py).
 
 def pil_reference(image, op_name, magnitude, sign=1, translate_const=100):
   pil = Image.fromarray(image)
