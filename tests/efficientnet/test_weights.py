@@ -7,37 +7,12 @@ import pytest
 
 import efficientnet
 from efficientnet.weights import KERAS_APPLICATIONS
+from tests.efficientnet import keras_fixtures
 
-SIZE = 32  # keras.applications' minimum input size; weights do not depend on it.
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
-IMAGENET_STD = np.array([0.229, 0.224, 0.225])
+from tests.efficientnet.keras_fixtures import IMAGENET_MEAN, IMAGENET_STD, SIZE
+from tests.efficientnet.keras_fixtures import set_normalization as _set_normalization
 
-
-def _keras_model(name, classes=1000, seed=0):
-  """A keras.applications model with random BN statistics and input normalisation.
-
-  Fresh models have BN moving mean 0 / variance 1 and an identity normalisation, which
-  would let an import that skipped either go unnoticed; random values make every
-  variable matter and keep the logits of order one.
-  """
-  keras.utils.set_random_seed(seed)
-  model = getattr(keras.applications, KERAS_APPLICATIONS[name])(
-      weights=None, input_shape=(SIZE, SIZE, 3), classes=classes, classifier_activation=None)
-  rng = np.random.RandomState(seed)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      n = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
-                         rng.normal(0, 0.2, n), rng.uniform(0.5, 1.5, n)])
-    elif isinstance(layer, keras.layers.Normalization):
-      _set_normalization(layer, IMAGENET_MEAN + rng.normal(0, .05, 3), IMAGENET_STD ** 2)
-  return model
-
-
-def _set_normalization(layer, mean, variance):
-  layer.adapt_mean.assign(np.asarray(mean, "float32"))
-  layer.adapt_variance.assign(np.asarray(variance, "float32"))
-  layer.finalize_state()
+_keras_model = keras_fixtures.random_keras_model
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from efficientnet.weights import KERAS_APPLICATIONS
+from tests.efficientnet import keras_fixtures
 
-SIZE = 32  # keras.applications' minimum input size; weights do not depend on it.
+from tests.efficientnet.keras_fixtures import IMAGENET_MEAN, IMAGENET_STD, SIZE  # noqa: F401
+
 EMA = "/ExponentialMovingAverage"
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
-IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 BN = "tpu_batch_normalization"
 # keras.applications layer suffix -> scope inside blocks_<i>, for blocks with and
 # without the expansion convolution (batch norms numbered in order of use).
@@ -36,22 +35,9 @@ OUTSIDE_BLOCKS = {"stem_conv": "stem/conv2d", "stem_bn": "stem/" + BN,
 
 
 def keras_model(name: str, classes: int = 1000, seed: int = 0) -> keras.Model:
-  """A keras.applications model (logits out) with random weights and BN statistics,
-  normalising inputs as the official code does: (pixels / 255 - mean) / std."""
-  keras.utils.set_random_seed(seed)
-  model = getattr(keras.applications, KERAS_APPLICATIONS[name])(
-      weights=None, input_shape=(SIZE, SIZE, 3), classes=classes, classifier_activation=None)
-  rng = np.random.RandomState(seed)
-  for layer in model.layers:
-    if isinstance(layer, keras.layers.BatchNormalization):
-      n = layer.gamma.shape[0]
-      layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.2, n),
-                         rng.normal(0, 0.2, n), rng.uniform(0.5, 1.5, n)])
-    elif isinstance(layer, keras.layers.Normalization):
-      layer.adapt_mean.assign(IMAGENET_MEAN.astype("float32"))
-      layer.adapt_variance.assign((IMAGENET_STD ** 2).astype("float32"))
-      layer.finalize_state()
-  return model
+  """A randomised keras.applications model (logits out) normalising inputs as the
+  official code does: (pixels / 255 - mean) / std with the ImageNet mean and std."""
+  return keras_fixtures.random_keras_model(name, classes, seed, mean_noise=0.0)
 
 
 def tf1_variables(model: keras.Model, scope: str) -> dict:
