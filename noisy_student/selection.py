@@ -43,6 +43,10 @@ Reused directories. The labelling run's `label-settings.json` pins its shard cou
 settings: stats files of another run in the same directory are an error, never summed.
 The selection's `select-settings.json` pins its own settings likewise, so a rerun with
 other shard counts cannot leave stale `selected-*` files beside new ones.
+
+Outputs to look at: selection.png (pass 1's counts, thresholds and copy factors, every
+job) and samples.png (selected images per class, noisy_student/selection_samples.py;
+written by the job that completes pass 2).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import tensorflow as tf
 from data import fileio
 from data import schema
 from noisy_student import job_io
+from noisy_student import selection_samples
 
 NUM_BINS = 101  # Thresholds 0.00, 0.01, ..., 1.00.
 STATS_FORMAT = "noisy_student.label.stats/1"
@@ -851,6 +856,12 @@ def _maybe_complete(job, plan, stats) -> dict:
 
 def _write_summary(job, plan, stats, shard_stats) -> dict:
   summary = summarize(plan, stats, shard_stats)
+  if shard_stats is not None:  # Complete: the selected records can be shown.
+    classes = selection_samples.shown_classes(stats.num_classes)
+    shown = selection_samples.write_samples(
+        [os.path.join(job.output_dir, f) for f in summary["output_files"]],
+        os.path.join(job.output_dir, "samples.png"), stats.num_classes)
+    summary["samples_png"] = {"classes": classes, "images": shown}
   job_io.write_text_atomic(os.path.join(job.output_dir, "selection.json"),
                            dumps_compact(summary))
   plot_summary(plan, os.path.join(job.output_dir, "selection.png"),

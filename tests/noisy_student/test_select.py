@@ -14,6 +14,7 @@ from data import pipeline
 from data import schema
 from noisy_student import job_io
 from noisy_student import selection
+from noisy_student import selection_samples
 
 NUM_CLASSES = 4
 
@@ -440,3 +441,67 @@ def _dead_pid():
   proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)
   return int(proc.stdout)
+
+
+# --------------------------------------------------------------------------- samples.png
+
+
+def _write_images(path, rows):
+  """rows: (pseudo label, confidence, hidden label) -> prediction records with PNGs."""
+  rng = np.random.default_rng(3)
+  with tf.io.TFRecordWriter(str(path)) as w:
+    for i, (label, conf, hidden) in enumerate(rows):
+      image = rng.integers(0, 256, [12, 20, 3], dtype=np.uint8)
+      feats = schema.image_features(tf.io.encode_png(image).numpy(), f"img-{i}",
+                                    hidden_label=hidden)
+      probs = np.full(NUM_CLASSES, (1 - conf) / (NUM_CLASSES - 1))
+      probs[label] = conf
+      feats.update(schema.pseudo_features(probs, top_k=1))
+      w.write(schema.make_example(feats).SerializeToString())
+
+
+def test_shown_classes_cap_rows_and_keep_both_ends():
+  assert selection_samples.shown_classes(4) == [0, 1, 2, 3]
+  rows = selection_samples.shown_classes(1000)
+  assert len(rows) == selection_samples.MAX_ROWS and rows[0] == 0 and rows[-1] == 999
+
+
+def test_samples_png_has_one_row_per_class_of_distinct_selected_images(tmp_path):
+  """Written by the shard that completes the selection, from the selected records: up
+  to 8 distinct images per class (upsampled copies count once)."""
+  pred = tmp_path / "pred"
+  pred.mkdir()
+  # Class 0: 12 images, class 1: 3 (upsampled to K), class 2: 1, class 3: none.
+  rows = [(0, 0.9, 0)] * 12 + [(1, 0.8, 0)] * 3 + [(2, 0.7, 2)]
+  _write_images(pred / "p.tfrecord", rows)
+  hist = selection.new_histogram(NUM_CLASSES)
+  for label, conf, _ in rows:
+    selection.accumulate(hist, [label], [np.float32(conf)])
+  selection.write_label_stats(str(pred / selection.label_stats_name(0, 1)),
+                              selection.make_label_stats(
+                                  shard_index=0, num_shards=1, histogram=hist,
+                                  files=[{"input": "p", "output": "p.tfrecord",
+                                          "num_images": len(rows), "num_corrupt": 0}],
+                                  corrupt=[], settings={}))
+  summary = _run(pred, tmp_path / "sel", k=10, upsample=True)
+  assert summary["samples_png"] == {"classes": [0, 1, 2, 3], "images": [8, 3, 1, 0]}
+  png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "sel" / "samples.png"))).numpy()
+  cell = selection_samples.THUMB + selection_samples._PAD  # noqa: SLF001
+  assert png.shape[0] == NUM_CLASSES * cell + 70          # one row per class + title
+  # Not written by --plan_only (nothing selected yet).
+  _run(pred, tmp_path / "plan", k=10, plan_only=True)
+  assert not (tmp_path / "plan" / "samples.png").exists()
+
+
+def test_samples_stop_reading_once_every_class_is_full(tmp_path):
+  _write_images(tmp_path / "a.tfrecord", [(c % 2, 0.9, -1) for c in range(20)])
+  rows = selection_samples.read_samples(
+      [str(tmp_path / "a.tfrecord"), str(tmp_path / "never-read.tfrecord")], [0, 1],
+      per_class=8)
+  assert [len(r) for r in rows.values()] == [8, 8]
+  assert all(s["image"].shape == (38, 64, 3) for r in rows.values() for s in r)
+  # A class that never fills: reading goes on to the (missing) second file.
+  with pytest.raises(tf.errors.NotFoundError):
+    selection_samples.read_samples(
+        [str(tmp_path / "a.tfrecord"), str(tmp_path / "never-read.tfrecord")], [0, 2])
+
