@@ -16,7 +16,9 @@ retried at will, sometimes twice at once. Three things keep that safe:
 * Console output that survives its reader going away (`say`, `progress`): a job whose
   stdout/stderr pipe is closed keeps working, silently.
 
-Paths go through tf.io.gfile, so all of this works on gs:// as well.
+Paths go through tf.io.gfile and only string operations (never os.path.abspath or local
+file calls), so all of this works on gs:// as well; settings name files by basename, so
+a job rerun from another directory or mount matches its first run.
 """
 
 from __future__ import annotations
@@ -128,11 +130,6 @@ def remove_stale_temporaries(directory: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- settings
-
-
-def canonical_path(path: str) -> str:
-  """An absolute local path; a URL (gs://...) as it is."""
-  return path if "://" in path else os.path.abspath(path)
 
 
 def fingerprint(names: list[str]) -> dict:

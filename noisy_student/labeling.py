@@ -15,10 +15,12 @@ handles `shard_files(files, i, N)` of the input files:
   output_dir/_files/<input basename>.json  that file's stats; written after the TFRecord,
                                          so its presence means "done": a rerun skips it
   output_dir/stats-{i:05d}-of-{N:05d}.json  the shard's stats for noisy_student.select
-  output_dir/label-settings.json         written by the first job: teacher, storage,
-                                         shard count, input files...; a job with other
-                                         settings is refused (stats of two runs would
-                                         be summed by noisy_student.select)
+  output_dir/label-settings.json         written by the first job: teacher (a hash of
+                                         its weights), storage, shard count, input
+                                         basenames...; a job with other settings is
+                                         refused (stats of two runs would be summed by
+                                         noisy_student.select). No paths, so a rerun
+                                         from another directory or mount matches.
 
 Corrupt records (not a tf.train.Example, or an image that does not decode) get no
 prediction and are not written; each one is counted and listed (file, index, id) in the
@@ -32,6 +34,7 @@ temporary names (noisy_student/job_io.py) and removes only temporaries of dead j
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import os
 import queue
@@ -93,13 +96,15 @@ class LabelConfig:
     if self.soft_label_top_k < 0 or self.batch_size < 1:
       raise ValueError("soft_label_top_k must be >= 0 and batch_size >= 1")
 
-  def settings(self, teacher_config: dict) -> dict:
+  def settings(self, teacher_config: dict, teacher_weights: str) -> dict:
     """What each output file depends on (a rerun with other settings is refused).
 
+    The teacher is identified by its weights (`weights_fingerprint`), not its path: the
+    same teacher read from another directory, mount or bucket is the same teacher.
     "temperature" is always 1 (the stored distribution is the teacher's own); it stays
     so that selection can refuse predictions sharpened by older versions.
     """
-    return {"teacher": job_io.canonical_path(self.teacher), "temperature": 1.0,
+    return {"teacher_weights": teacher_weights, "temperature": 1.0,
             "soft_label_top_k": self.soft_label_top_k, "storage": self.storage,
             "num_classes": int(teacher_config["num_classes"]),
             "image_size": int(teacher_config["image_size"]),
@@ -263,6 +268,15 @@ class Teacher:
   @property
   def num_classes(self) -> int:
     return int(self.config["num_classes"])
+
+  def weights_fingerprint(self) -> str:
+    """sha256 of the weights' shapes, dtypes and values, in the model's order."""
+    digest = hashlib.sha256()
+    for weight in self.model.weights:
+      value = np.asarray(keras.ops.convert_to_numpy(weight))
+      digest.update(f"{value.dtype.str}{value.shape};".encode())
+      digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
 
   def preprocess(self) -> PreprocessConfig:
     return model_io.eval_preprocess(self.config)
@@ -437,7 +451,9 @@ def _pin_run(cfg: "LabelConfig", settings: dict, files: list[str]) -> tuple[str,
   """
   run = {"format": selection.LABEL_SETTINGS_FORMAT, "settings": settings,
          "num_shards": cfg.num_shards,
-         "input_files": job_io.fingerprint([job_io.canonical_path(f) for f in files])}
+         # Basenames (unique, check_inputs): the same inputs from another mount or
+         # working directory are the same inputs.
+         "input_files": job_io.fingerprint([os.path.basename(f) for f in files])}
   path = os.path.join(cfg.output_dir, selection.LABEL_SETTINGS)
   if not tf.io.gfile.exists(path):
     for stats_path in sorted(tf.io.gfile.glob(os.path.join(cfg.output_dir,
@@ -485,7 +501,7 @@ def run_labeling(cfg: LabelConfig, strategy: tf.distribute.Strategy | None = Non
   if cfg.soft_label_top_k >= teacher.num_classes:
     raise ValueError(f"soft_label_top_k {cfg.soft_label_top_k} >= num_classes "
                      f"{teacher.num_classes}: use 0 for the full vector")
-  settings = cfg.settings(teacher.config)
+  settings = cfg.settings(teacher.config, teacher.weights_fingerprint())
   tf.io.gfile.makedirs(os.path.join(cfg.output_dir, FILES_DIR))
   pinned_path, pinned = _pin_run(cfg, settings, files)
   mine = pipeline.shard_files(files, cfg.shard_index, cfg.num_shards)
@@ -530,6 +546,7 @@ def _write_shard_stats(cfg, settings, num_classes, mine, done_paths) -> dict:
                                      num_shards=cfg.num_shards, histogram=hist,
                                      files=files, corrupt=corrupt, settings=settings)
   stats["seconds"] = round(seconds, 3)
+  stats["teacher"] = cfg.teacher  # Provenance only, as given: settings pin its weights.
   path = os.path.join(cfg.output_dir,
                       selection.label_stats_name(cfg.shard_index, cfg.num_shards))
   selection.write_label_stats(path, stats)

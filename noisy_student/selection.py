@@ -715,9 +715,7 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
   plan = plan_selection(stats.histogram, config)
   tf.io.gfile.makedirs(job.output_dir)
   job_io.remove_stale_temporaries(job.output_dir)   # A killed run's leftovers.
-  identity = {"config": dataclasses.asdict(config), "num_shards": job.num_shards,
-              "files_per_shard": job.files_per_shard, "shuffle_buffer": job.shuffle_buffer,
-              "predictions": stats.files}
+  identity = _identity(job, config, stats)
   _check_output_dir(job, identity)
   summary = _write_summary(job, plan, stats, None)
   if plan.count_kept.sum() == 0:
@@ -738,6 +736,17 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
     _select_one_shard(job, plan, stats, identity, marker,
                       shard_files(stats.files, job.shard_index, job.num_shards))
   return _maybe_complete(job, plan, stats)
+
+
+def _identity(job: SelectJob, config: SelectionConfig, stats: LabelStats) -> dict:
+  """What a shard's outputs depend on. Prediction files are named by their directory's
+  basename and their own, so a rerun from another working directory or mount (the same
+  files under another prefix) is the same selection."""
+  names = [f"{os.path.basename(os.path.dirname(f))}/{os.path.basename(f)}"
+           for f in stats.files]
+  return {"config": dataclasses.asdict(config), "num_shards": job.num_shards,
+          "files_per_shard": job.files_per_shard, "shuffle_buffer": job.shuffle_buffer,
+          "predictions": names}
 
 
 _OUTPUT_RE = re.compile(r"^selected-\d{5}-of-(\d{5})\.tfrecord$")
