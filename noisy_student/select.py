@@ -6,9 +6,11 @@ Paper Sec. 3.1 (data filtering and balancing); algorithm in noisy_student/select
       --output_dir=runs/x/selected --min_threshold=0.3 --images_per_class=130000 \
       --seed=0 --shard_index=0 --num_shards=4
 
-Run shards 0..N-1 as independent jobs. Pass 1 (every job, seconds) reads only the
+Run shards 0..N-1 as independent jobs (`--shard_index=auto`: the index from the
+scheduler, data/shards.py). Pass 1 (every job, seconds) reads only the
 label stats files; pass 2 streams this shard's prediction files. `--plan_only` stops after
-pass 1 and writes selection.json / selection.png, to look before committing compute.
+pass 1 and writes selection.json / selection.png, to look before committing compute;
+the job that completes pass 2 also writes samples.png (selected images per class).
 
 Exits non-zero with one line on any refusal: stats that are not one complete labelling
 run, an output directory selected with other settings, duplicate record keys, or an
@@ -21,6 +23,7 @@ from absl import app
 from absl import flags
 
 from data import pipeline
+from data import shards
 from noisy_student import job_io
 from noisy_student import selection
 
@@ -37,7 +40,10 @@ _NO_BALANCE = flags.DEFINE_bool("no_balance", False, "Plain filter: keep confide
 _NO_UPSAMPLE = flags.DEFINE_bool("no_upsample", False, "Never duplicate: cap the copy "
                                  "factor at 1.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seeds stochastic rounding and the shuffle.")
-_SHARD_INDEX = flags.DEFINE_integer("shard_index", 0, "This job's shard.")
+_SHARD_INDEX = flags.DEFINE_string(
+    "shard_index", "0", "This job's shard, 0..num_shards-1, or 'auto': from the "
+    "scheduler (JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID, TPU_WORKER_ID or "
+    "CLOUD_TPU_TASK_ID; data/shards.py).")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 1, "Number of pass-2 jobs.")
 _NUM_OUTPUT_SHARDS = flags.DEFINE_integer("num_output_shards", 1, "Output files per "
                                           "shard (files total = num_shards * this).")
@@ -50,12 +56,13 @@ _PLAN_ONLY = flags.DEFINE_bool("plan_only", False, "Pass 1 only: write selection
 def main(argv):
   del argv
   try:
+    shard_index = shards.resolve_shard_index(_SHARD_INDEX.value, _NUM_SHARDS.value)
     config = selection.SelectionConfig(
         min_threshold=_MIN_THRESHOLD.value, images_per_class=_IMAGES_PER_CLASS.value,
         balance=not _NO_BALANCE.value, upsample=not _NO_UPSAMPLE.value, seed=_SEED.value)
     job = selection.SelectJob(
         predictions=_PREDICTIONS.value, output_dir=_OUTPUT_DIR.value,
-        shard_index=_SHARD_INDEX.value, num_shards=_NUM_SHARDS.value,
+        shard_index=shard_index, num_shards=_NUM_SHARDS.value,
         files_per_shard=_NUM_OUTPUT_SHARDS.value, shuffle_buffer=_SHUFFLE_BUFFER.value,
         plan_only=_PLAN_ONLY.value)
     plan = selection.run_selection(job, config, shard_files=pipeline.shard_files)

@@ -370,6 +370,19 @@ def test_command_errors_are_one_line(world, tmp_path):
   assert not (tmp_path / "t").exists() and not (tmp_path / "e").exists()
 
 
+def test_shard_index_auto_without_a_scheduler_is_one_line(world, tmp_path):
+  from data import shards
+  env = {k: v for k, v in os.environ.items() if k not in shards.INDEX_VARIABLES}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  result = subprocess.run(_command(world, tmp_path / "a", "--shard_index=auto",
+                                   "--num_shards=2"),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  line = _one_line_error(result)
+  assert line.startswith("noisy_student.label: error: --shard_index=auto: none of "
+                         "JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID"), line
+  assert not (tmp_path / "a").exists()
+
+
 def test_closed_stdout_does_not_stop_the_job(world, tmp_path):
   """An orphaned job whose reader went away: its progress and messages fail to write
   (EPIPE); the labelling goes on and finishes."""

@@ -505,3 +505,36 @@ def test_samples_stop_reading_once_every_class_is_full(tmp_path):
     selection_samples.read_samples(
         [str(tmp_path / "a.tfrecord"), str(tmp_path / "never-read.tfrecord")], [0, 2])
 
+
+# --------------------------------------------------------------------------- the command
+
+
+def _select_command(pred, out, env_index, *flags):
+  import subprocess
+  import sys
+  from data import shards
+  env = {k: v for k, v in os.environ.items() if k not in shards.INDEX_VARIABLES}
+  env.update(TF_CPP_MIN_LOG_LEVEL="3", **env_index)
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return subprocess.run(
+      [sys.executable, "-m", "noisy_student.select", f"--predictions={pred}",
+       f"--output_dir={out}", "--images_per_class=60", *flags], cwd=repo, env=env,
+      capture_output=True, text=True, timeout=600)
+
+
+def test_shard_index_auto_takes_the_schedulers_index(predictions, tmp_path):
+  """A Kubernetes Indexed Job's pod 1 of 2 selects shard 1; an index beyond the shard
+  count, or none at all, is a one-line error."""
+  pred, _ = predictions
+  out = tmp_path / "sel"
+  result = _select_command(pred, out, {"JOB_COMPLETION_INDEX": "1"}, "--shard_index=auto",
+                           "--num_shards=2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(p.name for p in out.glob("select-stats-*")) == [
+      selection.select_stats_name(1, 2)]
+  result = _select_command(pred, out, {"SLURM_ARRAY_TASK_ID": "2"}, "--shard_index=auto",
+                           "--num_shards=2")
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  assert last == ("noisy_student.select: error: --shard_index=auto (SLURM_ARRAY_TASK_ID): "
+                  "shard index 2 out of range for num_shards 2"), last
