@@ -34,8 +34,20 @@ test-jax:
 	.venv-jax/bin/pip install -q "jax[cpu]" "keras>=3.10,<4" numpy pytest
 	KERAS_BACKEND=jax .venv-jax/bin/python -m pytest -q -p no:cacheprovider tests/efficientnet -m "not slow"
 
-demo: $(STAMP)
+demo: $(STAMP) fashion-mnist
 	$(PY) -m noisy_student.run --flagfile=$(DEMO_FLAGS) --workdir=$(WORKDIR)
+
+# The demo reads Debian's dataset-fashion-mnist package; as root it is installed here
+# (as .ci/run does). Otherwise data.make_tfrecords tries the official download and, if
+# that fails, its error says what to install.
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@if [ ! -d $(FASHION_MNIST_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing dataset-fashion-mnist into $(FASHION_MNIST_DIR)"; \
+	  apt-get update -q >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	  echo "could not install dataset-fashion-mnist; the demo will try the download"; \
+	fi
 
 # The README's results: each seed of flags/$(EXPERIMENT).flags whose report is not yet
 # under results/ (hours per seed on 2 cores; resumable: rerun to continue), then the

@@ -31,6 +31,8 @@ from data import fileio
 from data import schema
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# What fills it (the Makefile runs it as root; otherwise the error says to).
+FASHION_MNIST_INSTALL = "sudo apt-get install -y dataset-fashion-mnist"
 DEFAULT_CACHE_DIR = os.path.join(
     os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "noisy_student",
     "fashion-mnist")
@@ -141,7 +143,9 @@ def _find_or_download(name: str, search_dirs, cache_dir: str, download_fn) -> st
     os.remove(target)
   raise FileNotFoundError(
       f"Fashion-MNIST file {name} not found in {', '.join(search_dirs)} and the download "
-      f"into {cache_dir} failed:\n  " + "\n  ".join(errors))
+      f"into {cache_dir} failed ({'; '.join(errors)}). Install Debian's package: "
+      f"`{FASHION_MNIST_INSTALL}` (it fills {DEFAULT_FASHION_MNIST_DIR}), or pass "
+      "--fashion_mnist_dir=DIR holding the four IDX .gz files")
 
 
 def load_fashion_mnist(split: str, directory: str = DEFAULT_FASHION_MNIST_DIR, *,

@@ -149,6 +149,9 @@ def test_fashion_mnist_failed_download_is_a_clear_error(tmp_path):
     sources.load_fashion_mnist("train", missing, cache_dir=str(tmp_path / "cache"),
                                download_fn=_fake_download(bad, calls))
   assert missing in str(err.value)
+  # A machine without the network: the error says how to install the files (one line).
+  assert "sudo apt-get install -y dataset-fashion-mnist" in str(err.value)
+  assert "--fashion_mnist_dir" in str(err.value) and "\n" not in str(err.value)
   assert len(calls) == len(sources.FASHION_MNIST_URLS)  # Every mirror was tried.
   assert os.listdir(tmp_path / "cache") == []  # No bad or partial file is kept.
 
@@ -332,3 +335,16 @@ def test_command_line(class_folder, tmp_path):
   assert "wrote 21 records (1 skipped)" in result.stdout
   summary = json.loads((out / "pets_summary.json").read_text())
   assert summary["files"] == ["pets-00000-of-00002.tfrecord", "pets-00001-of-00002.tfrecord"]
+
+
+def test_make_demo_installs_the_dataset_package_when_it_can():
+  """`make demo` as root on a machine without the dataset installs Debian's package first
+  (as .ci/run does); `make -n` prints the commands without running them."""
+  proc = subprocess.run(["make", "-n", "-B", "fashion-mnist"], cwd=REPO, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  assert "apt-get install -y -q dataset-fashion-mnist" in proc.stdout
+  assert "/usr/share/datasets/fashion-mnist" in proc.stdout
+  demo = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True,
+                        timeout=60)
+  assert "dataset-fashion-mnist" in demo.stdout
