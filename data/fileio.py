@@ -23,6 +23,15 @@ _SHARD_NAME = re.compile(r"-\d+-of-\d+$")
 _warned: set[str] = set()
 
 
+def makedirs(directory: str) -> None:
+  """`tf.io.gfile.makedirs`, with a clear ValueError when a file is in the way."""
+  try:
+    tf.io.gfile.makedirs(directory)
+  except (tf.errors.FailedPreconditionError, tf.errors.AlreadyExistsError) as e:
+    raise ValueError(f"cannot create the directory {directory}: {e.message}; choose "
+                     "another output path") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str):
   """Yields a temporary path next to `path`; renames it to `path` on success.
@@ -31,7 +40,7 @@ def atomic_path(path: str):
   """
   directory = os.path.dirname(path)
   if directory:
-    tf.io.gfile.makedirs(directory)
+    makedirs(directory)
   tmp = os.path.join(directory, f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
   try:
     yield tmp
@@ -111,3 +120,32 @@ def list_record_files(pattern: str) -> list[str]:
   if not records:
     raise ValueError(f"no TFRecord files among the {len(files)} files matching {pattern!r}")
   return records
+
+
+def broken_record_files(files) -> list[tuple[str, str]]:
+  """(file, "truncated record at N" / "corrupted record at N") of each file whose TFRecord
+  framing breaks: reads every file, so call it only once an error says one does."""
+  broken = []
+  for path in files:
+    try:
+      for _ in tf.data.TFRecordDataset(path).batch(1024):
+        pass
+    except tf.errors.DataLossError as e:
+      match = re.search(r"(truncated|corrupted) record at \d+", e.message or "")
+      broken.append((path, match.group(0) if match else "unreadable"))
+  return broken
+
+
+def data_loss_error(files, error: tf.errors.DataLossError) -> Exception:
+  """A one-line error naming the broken file(s) among `files` that raised `error`.
+
+  tf.data's DataLossError does not say which file is truncated; this scans `files` to
+  find out. Returns `error` itself when no file is broken any more (e.g. a flaky read).
+  """
+  broken = broken_record_files(files)
+  if not broken:
+    return error
+  (path, what), rest = broken[0], broken[1:]
+  more = f" (and {len(rest)} more: {', '.join(p for p, _ in rest)})" if rest else ""
+  return ValueError(f"{path}: {what}: a truncated or corrupt TFRecord file{more}; rewrite "
+                    "it, or leave it out of the file pattern")

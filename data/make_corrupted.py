@@ -25,6 +25,10 @@ written atomically; finished files are skipped on a re-run unless --overwrite.
 * Sharding: worker k of n takes records k, k+n, k+2n, ... (in sorted-file order) and
   writes its own file per corruption and severity; run the n workers in parallel.
   Cost on one CPU core at 32x32: ~0.26 s per image for all 75 variants.
+* Bad records (not a tf.train.Example, no image, an image that does not decode) are
+  skipped, as the labeller skips them: counted and listed (index, id, error) in the
+  manifest. More than --max_bad_records of them, or a truncated input file (named),
+  stop the run and leave no output behind.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ import zlib
 import numpy as np
 from PIL import Image
 
+from data import cli
 from data import fileio
+from data import pipeline
 from data import schema
 
 # The 15 benchmark corruptions (ImageNet-C order) and the 4 held-out validation ones.
@@ -65,6 +71,7 @@ class CorruptConfig:
   seed: int = 0
   small_images: str = "pad"      # "pad" | "resize"
   overwrite: bool = False
+  max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS
 
   def __post_init__(self):
     if not 0 <= self.shard_index < self.num_shards:
@@ -77,6 +84,9 @@ class CorruptConfig:
       raise ValueError(f"severities must be in 1..5, got {self.severities}")
     if self.small_images not in ("pad", "resize"):
       raise ValueError(f"small_images must be pad or resize, got {self.small_images!r}")
+    for name in ("max_examples", "max_bad_records"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
 
 def parse_corruptions(spec: str) -> tuple[str, ...]:
@@ -169,15 +179,51 @@ def _image_id(example, index: int) -> bytes:
   return f"record-{index}".encode()  # Records without an id: their position.
 
 
+def _record_id(serialized: bytes) -> str:
+  """The id of a record for the list of bad ones ("" when it has none or is no Example)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    feats = tf.train.Example.FromString(serialized).features.feature
+  except Exception:  # pylint: disable=broad-except  # Not an Example: no id.
+    return ""
+  for key in (schema.ID, schema.FILENAME):
+    if key in feats and feats[key].bytes_list.value:
+      return feats[key].bytes_list.value[0].decode("utf-8", "replace")
+  return ""
+
+
 def shard_records(files: list[str], shard_index: int, num_shards: int, max_examples: int):
-  """Yields (global index, serialized) of this shard's records, in file order."""
+  """Yields (global index, serialized) of this shard's records, in file order.
+
+  A truncated file is a ValueError naming it.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   ds = tf.data.TFRecordDataset(files)
   if max_examples:
     ds = ds.take(max_examples)
-  for index, serialized in enumerate(ds.as_numpy_iterator()):
-    if index % num_shards == shard_index:
-      yield index, serialized
+  try:
+    for index, serialized in enumerate(ds.as_numpy_iterator()):
+      if index % num_shards == shard_index:
+        yield index, serialized
+  except tf.errors.DataLossError as e:
+    raise fileio.data_loss_error(files, e) from None
+
+
+def decode_record(serialized: bytes, index: int):
+  """(tf.train.Example, its image [h, w, 3] uint8); ValueError says why it is bad."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from google.protobuf import message  # pylint: disable=g-import-not-at-top
+  try:
+    example = tf.train.Example.FromString(serialized)
+  except message.DecodeError as e:
+    raise ValueError(f"not a tf.train.Example ({e})") from None
+  encoded = example.features.feature[schema.ENCODED].bytes_list.value
+  if not encoded:
+    raise ValueError(f"no {schema.ENCODED}")
+  try:
+    return example, decode_rgb(encoded[0])
+  except Exception as e:  # pylint: disable=broad-except  # PIL raises many types.
+    raise ValueError(f"the image does not decode ({type(e).__name__}: {e})") from None
 
 
 def make_corrupted(config: CorruptConfig) -> dict:
@@ -188,28 +234,38 @@ def make_corrupted(config: CorruptConfig) -> dict:
   paths = {v: output_path(config.output_dir, *v, config.shard_index, config.num_shards)
            for v in variants}
   todo = [v for v in variants if config.overwrite or not tf.io.gfile.exists(paths[v])]
-  count = 0
+  count, bad = 0, []
   with contextlib.ExitStack() as stack:
     writers = {v: stack.enter_context(tf.io.TFRecordWriter(
         stack.enter_context(fileio.atomic_path(paths[v])))) for v in todo}
     # Writers close (LIFO) before their atomic renames.
     for index, serialized in (shard_records(files, config.shard_index, config.num_shards,
                                             config.max_examples) if todo else ()):
-      example = tf.train.Example.FromString(serialized)
+      try:
+        example, image = decode_record(serialized, index)
+      except ValueError as e:
+        bad.append({"index": index, "id": _record_id(serialized), "error": str(e)})
+        if len(bad) > config.max_bad_records:
+          raise ValueError(f"more than --max_bad_records={config.max_bad_records} bad "
+                           f"records in {config.input_pattern} (the last: record {index}, "
+                           f"{e}); fix or remove them, or raise --max_bad_records") from None
+        continue
       image_id = _image_id(example, index)
-      image = to_min_size(decode_rgb(example.features.feature[schema.ENCODED]
-                                     .bytes_list.value[0]), MIN_SIZE, config.small_images)
+      image = to_min_size(image, MIN_SIZE, config.small_images)
       for c, s in todo:
         out = corrupt_image(image, c, s, variant_seed(config.seed, c, s, image_id))
         writers[(c, s)].write(corrupted_example(example, out, c, s).SerializeToString())
       count += 1
+  if bad:
+    print(f"skipped {len(bad)} bad records (listed in the manifest)")
   manifest = {"input_pattern": config.input_pattern, "input_files": files,
               "corruptions": list(config.corruptions), "severities": list(config.severities),
               "shard_index": config.shard_index, "num_shards": config.num_shards,
               "max_examples": config.max_examples, "seed": config.seed,
               "small_images": config.small_images, "written": [f"{c}/{s}" for c, s in todo],
               "skipped_existing": [f"{c}/{s}" for c, s in variants if (c, s) not in todo],
-              "examples_in_shard": count}
+              "examples_in_shard": count, "num_bad_records": len(bad),
+              "bad_records": bad}
   fileio.write_json_atomic(os.path.join(
       config.output_dir, f"manifest-{config.shard_index:05d}-of-{config.num_shards:05d}.json"),
       manifest)
@@ -224,7 +280,8 @@ def main(argv):
       input_pattern=f.input_pattern, output_dir=f.output_dir,
       corruptions=parse_corruptions(f.corruptions), severities=parse_severities(f.severities),
       shard_index=f.shard_index, num_shards=f.num_shards, max_examples=f.max_examples,
-      seed=f.seed, small_images=f.small_images, overwrite=f.overwrite)
+      seed=f.seed, small_images=f.small_images, overwrite=f.overwrite,
+      max_bad_records=f.max_bad_records)
   manifest = make_corrupted(config)
   print(f"shard {config.shard_index}/{config.num_shards}: {manifest['examples_in_shard']} "
         f"images x {len(manifest['written'])} variants written, "
@@ -245,10 +302,11 @@ def _define_flags():
   flags.DEFINE_enum("small_images", "pad", ["pad", "resize"],
                     "Images under 32x32: zero-pad centred, or resize (bicubic).")
   flags.DEFINE_bool("overwrite", False, "Rewrite variants whose file already exists.")
+  flags.DEFINE_integer("max_bad_records", pipeline.DEFAULT_MAX_BAD_RECORDS, "Bad records are "
+                       "skipped and listed in the manifest; more than this many stop it.")
   flags.mark_flags_as_required(["input_pattern", "output_dir"])
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -59,10 +59,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import tensorflow as tf
 
 from data import fileio
+from data import preprocessing
 from data import schema
 from data.preprocessing import PreprocessConfig
 from data.preprocessing import preprocess_image
@@ -73,6 +75,11 @@ LABEL_TYPES = ("soft", "hard")
 _LABELED, _UNLABELED = 0, 1
 _MAX_CYCLE = 16
 _EVAL_CHUNK = 16
+_TRAIN_CHUNK = 64
+# Why a training record is skipped: the "bad" code its decoding returns (0: kept).
+_BAD_UNREADABLE, _BAD_LABEL, _BAD_UNLABELED, _BAD_NO_PSEUDO = 1, 2, 3, 4
+DEFAULT_MAX_BAD_RECORDS = 1000
+_TOO_MANY = "bad records skipped, more than max_bad_records="
 
 
 # --------------------------------------------------------------------------------- files
@@ -105,10 +112,14 @@ def _per_replica(batch_size: int, input_context) -> int:
 
 
 def count_records(files) -> int:
+  """Records in `files`; a truncated file is a ValueError naming it."""
   if not files:
     return 0
-  return int(tf.data.TFRecordDataset(list(files)).reduce(
-      tf.constant(0, tf.int64), lambda n, _: n + 1))
+  try:
+    return int(tf.data.TFRecordDataset(list(files)).reduce(
+        tf.constant(0, tf.int64), lambda n, _: n + 1))
+  except tf.errors.DataLossError as e:
+    raise fileio.data_loss_error(files, e) from None
 
 
 def num_eval_batches(file_pattern: str, *, global_batch_size: int,
@@ -204,6 +215,18 @@ def check_labels(stored: tf.Tensor, num_classes: int, *, label_offset: int = 0,
     return tf.identity(label)
 
 
+def _label_status(stored: tf.Tensor, num_classes: int, label_offset: int,
+                  allow_unlabeled: bool) -> tuple[tf.Tensor, tf.Tensor]:
+  """(0-based label, int32 bad code: 0, _BAD_LABEL or _BAD_UNLABELED); never raises."""
+  unlabeled = tf.equal(stored, schema.UNLABELED)
+  label = tf.where(unlabeled, stored, stored - label_offset)
+  out_of_range = tf.logical_and(tf.logical_not(unlabeled),
+                                tf.logical_or(label < 0, label >= num_classes))
+  misplaced = tf.logical_and(unlabeled, not allow_unlabeled)
+  bad = tf.where(out_of_range, _BAD_LABEL, tf.where(misplaced, _BAD_UNLABELED, 0))
+  return tf.where(out_of_range, schema.UNLABELED, label), tf.cast(bad, tf.int32)
+
+
 def _parse(serialized, **kwargs):
   """`schema.parse_example` with the stored label (the offset is applied when checked)."""
   return schema.parse_example(serialized, label_offset=0, **kwargs)
@@ -221,24 +244,28 @@ def _options(deterministic: bool) -> tf.data.Options:
 def _labeled_map(preprocess, num_classes, label_offset, seed):
   def fn(record):
     parsed = _parse(record["serialized"])
-    label = check_labels(parsed["label"], num_classes, label_offset=label_offset)
+    label, bad = _label_status(parsed["label"], num_classes, label_offset,
+                               allow_unlabeled=False)
     image = preprocess_image(parsed["encoded"], preprocess,
                              _example_seed(seed, _LABELED, record))
     return {"image": image, "label": label,
             "target": tf.one_hot(label, num_classes, dtype=tf.float32),
-            "is_unlabeled": tf.constant(0.0)}
+            "is_unlabeled": tf.constant(0.0), "bad": bad}
   return fn
 
 
 def _labeled_batches(file_pattern, batch_size, preprocess, num_classes, input_context,
-                     seed, deterministic, label_offset, shuffle_buffer, initial_epoch):
+                     seed, deterministic, label_offset, shuffle_buffer, initial_epoch,
+                     max_bad_records):
   files, ids = _pipeline_files(file_pattern, input_context)
   pipeline = input_context.input_pipeline_id if input_context else 0
   ds = _record_stream(files, ids, seed=seed, stream=_LABELED, pipeline=pipeline,
                       shuffle_buffer=shuffle_buffer, deterministic=deterministic,
                       initial_epoch=initial_epoch)
-  ds = ds.map(_labeled_map(preprocess, num_classes, label_offset, seed),
-              num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+  ds = _skip_bad_records(ds, _labeled_map(preprocess, num_classes, label_offset, seed),
+                         deterministic=deterministic, max_bad_records=max_bad_records,
+                         what="labeled input", num_classes=num_classes,
+                         label_offset=label_offset)
   return ds.batch(batch_size, drop_remainder=True)
 
 
@@ -246,7 +273,8 @@ def train_dataset(file_pattern: str, *, global_batch_size: int,
                   preprocess: PreprocessConfig, num_classes: int,
                   input_context: tf.distribute.InputContext | None = None, seed: int = 0,
                   deterministic: bool = False, label_offset: int = 0,
-                  shuffle_buffer: int = 16384, initial_epoch: int = 0) -> tf.data.Dataset:
+                  shuffle_buffer: int = 16384, initial_epoch: int = 0,
+                  max_bad_records: int = DEFAULT_MAX_BAD_RECORDS) -> tf.data.Dataset:
   """Endless labeled training batches (see the module docstring for the keys).
 
   Args:
@@ -260,17 +288,22 @@ def train_dataset(file_pattern: str, *, global_batch_size: int,
     label_offset: subtracted from stored labels (1 for ImageNet TPU TFRecords).
     shuffle_buffer: records held for the per-epoch shuffle.
     initial_epoch: epoch to start from (resuming a run at an epoch boundary).
+    max_bad_records: records that cannot be decoded, or whose label is out of range,
+      are skipped and counted ("skipped"); more than this many in this pipeline's
+      stream is an InvalidArgumentError (`bad_records_message` words it).
   """
   batch = _per_replica(global_batch_size, input_context)
   ds = _labeled_batches(file_pattern, batch, preprocess, num_classes, input_context, seed,
-                        deterministic, label_offset, shuffle_buffer, initial_epoch)
+                        deterministic, label_offset, shuffle_buffer, initial_epoch,
+                        max_bad_records)
   return ds.prefetch(AUTOTUNE).with_options(_options(deterministic))
 
 
 def _unlabeled_map(preprocess, clean_preprocess, num_classes, label_offset, seed,
                    label_type, pseudo_labels):
+  del label_offset  # Unlabeled rows carry no label; pseudo labels are 0-based.
+
   def fn(record):
-    del label_offset  # Unlabeled rows carry no label; pseudo labels are 0-based.
     parsed = _parse(record["serialized"], with_pseudo=pseudo_labels,
                     num_classes=num_classes)
     out = {"image": preprocess_image(parsed["encoded"], preprocess,
@@ -278,13 +311,14 @@ def _unlabeled_map(preprocess, clean_preprocess, num_classes, label_offset, seed
            "label": tf.constant(schema.UNLABELED, tf.int32),
            "is_unlabeled": tf.constant(1.0)}
     if pseudo_labels:
-      pseudo = check_labels(parsed["pseudo_label"], num_classes, what="pseudo/label",
-                            unlabeled_error="a record without pseudo labels (run "
-                            "noisy_student.label, or pseudo_labels=False for online mode)")
+      pseudo, bad = _label_status(parsed["pseudo_label"], num_classes, 0,
+                                  allow_unlabeled=False)
       out["target"] = (parsed["pseudo_probs"] if label_type == "soft" else
                        tf.one_hot(pseudo, num_classes, dtype=tf.float32))
+      out["bad"] = tf.where(tf.equal(bad, _BAD_UNLABELED), _BAD_NO_PSEUDO, bad)
     else:
       out["target"] = tf.zeros([num_classes], tf.float32)
+      out["bad"] = tf.constant(0, tf.int32)
     if clean_preprocess is not None:
       out["clean_image"] = preprocess_image(parsed["encoded"], clean_preprocess)
     return out
@@ -306,7 +340,8 @@ def labeled_unlabeled_dataset(
     with_clean_unlabeled: bool = False, clean_preprocess: PreprocessConfig | None = None,
     input_context: tf.distribute.InputContext | None = None, seed: int = 0,
     deterministic: bool = False, label_offset: int = 0, shuffle_buffer: int = 16384,
-    initial_epoch: int = 0) -> tf.data.Dataset:
+    initial_epoch: int = 0, max_bad_records: int = DEFAULT_MAX_BAD_RECORDS
+) -> tf.data.Dataset:
   """Endless student batches: B labeled + ceil(r B) unlabeled rows, one batch.
 
   Args (beyond `train_dataset`'s):
@@ -320,6 +355,8 @@ def labeled_unlabeled_dataset(
       the trainer computes them in-graph).
     with_clean_unlabeled / clean_preprocess: add "clean_image", the unlabeled images
       through `clean_preprocess` (default: `unlabeled_preprocess.for_eval()`).
+    max_bad_records: the limit of each stream (labeled, unlabeled) separately; offline,
+      unlabeled records without a pseudo label are bad records too.
   """
   if label_type not in LABEL_TYPES:
     raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
@@ -332,7 +369,7 @@ def labeled_unlabeled_dataset(
   labeled_batch = _per_replica(labeled_batch_size, input_context)
   labeled = _labeled_batches(labeled_pattern, labeled_batch, preprocess, num_classes,
                              input_context, seed, deterministic, label_offset,
-                             shuffle_buffer, initial_epoch)
+                             shuffle_buffer, initial_epoch, max_bad_records)
   if unlabeled_ratio == 0:
     return labeled.prefetch(AUTOTUNE).with_options(_options(deterministic))
   if not unlabeled_pattern:
@@ -347,11 +384,13 @@ def labeled_unlabeled_dataset(
       pipeline=input_context.input_pipeline_id if input_context else 0,
       shuffle_buffer=shuffle_buffer, deterministic=deterministic,
       initial_epoch=initial_epoch)
-  unlabeled = unlabeled.map(
+  unlabeled = _skip_bad_records(
+      unlabeled,
       _unlabeled_map(unlabeled_preprocess,
                      clean_preprocess if with_clean_unlabeled else None, num_classes,
                      label_offset, seed, label_type, pseudo_labels),
-      num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+      deterministic=deterministic, max_bad_records=max_bad_records,
+      what="unlabeled input", num_classes=num_classes, label_offset=0)
   unlabeled = unlabeled.batch(unlabeled_batch, drop_remainder=True)
   ds = tf.data.Dataset.zip(labeled, unlabeled).map(_concat, num_parallel_calls=AUTOTUNE,
                                                    deterministic=deterministic)
@@ -382,7 +421,7 @@ def _decode_records(records: tf.data.Dataset, full, fallback, chunk: int = _EVAL
   Chunks of `chunk` records are decoded with one `tf.map_fn`; only a chunk that fails
   is redone record by record, so the per-record try costs almost nothing when all is well.
   """
-  spec = tf.data.Dataset.from_tensors(tf.constant("")).map(full).element_spec
+  spec = records.take(1).map(full).element_spec
   one_by_one = _try(full, fallback)
 
   def chunk_fn(serialized):
@@ -393,6 +432,99 @@ def _decode_records(records: tf.data.Dataset, full, fallback, chunk: int = _EVAL
   return records.batch(chunk).interleave(
       chunk_fn, cycle_length=4, block_length=1, num_parallel_calls=AUTOTUNE,
       deterministic=True).unbatch()
+
+
+def _skip_bad_records(records: tf.data.Dataset, fn, *, deterministic: bool,
+                      max_bad_records: int, what: str, num_classes: int,
+                      label_offset: int) -> tf.data.Dataset:
+  """`fn` over a training stream, without the records it cannot decode or marks bad.
+
+  `fn(record)` returns a dict with "bad" (int32, 0: keep); a record where it raises (not
+  an Example, an image that does not decode) is bad too. Kept elements get "skipped"
+  (float32): the bad records just before them in the stream, so summing it over batches
+  counts each skipped record once. More than `max_bad_records` in this stream raises an
+  InvalidArgumentError whose message `bad_records_message` extracts.
+
+  Cost: records are decoded in chunks, each a small dataset whose `ignore_errors` drops
+  only that chunk's failures (reading errors, e.g. a truncated file, still surface); the
+  chunks are mapped in parallel like single records were.
+  """
+  spec = records.take(1).map(fn).element_spec
+  empty = {k: tf.zeros([0] + v.shape.as_list(), v.dtype) for k, v in spec.items()}
+  empty["position"] = tf.zeros([0], tf.int64)
+
+  def decode_chunk(chunk):
+    rows = tf.data.Dataset.from_tensor_slices(chunk).enumerate().map(
+        lambda i, record: dict(fn(record), position=i)).ignore_errors()
+    rows = rows.batch(_TRAIN_CHUNK).concatenate(tf.data.Dataset.from_tensors(empty))
+    return rows.take(1).get_single_element(), tf.size(chunk["record"], tf.int64)
+
+  template = (f"{what}: {{}} {_TOO_MANY}{max_bad_records} ({{}} that do not decode or are "
+              f"not tf.train.Examples, {{}} with a label outside [0, {num_classes}) after "
+              f"label_offset={label_offset}, {{}} unlabeled (label -1), {{}} without a "
+              "pseudo label): fix or remove them, check --num_classes and --label_offset (1 "
+              "for ImageNet TPU TFRecords), or raise --max_bad_records")
+
+  def count(state, rows_and_size):
+    pending, by_reason = state
+    rows, size = rows_and_size
+    kept = tf.equal(rows["bad"], 0)
+    unreadable = size - tf.size(rows["bad"], tf.int64)
+    by_reason += tf.math.bincount(rows["bad"], minlength=5, maxlength=5, dtype=tf.int64)
+    by_reason += tf.one_hot(_BAD_UNREADABLE, 5, dtype=tf.int64) * unreadable
+    total = tf.reduce_sum(by_reason[1:])
+    message = tf.strings.format(template, [total] + [by_reason[i] for i in range(1, 5)])
+    check = tf.debugging.Assert(total <= max_bad_records, [message])
+    # Each bad record is counted on the next kept one (carried over to the next chunk).
+    kept_at = tf.boolean_mask(rows["position"], kept)
+    bad = tf.tensor_scatter_nd_update(tf.ones([size], tf.int64), kept_at[:, None],
+                                      tf.zeros_like(kept_at))
+    bad_before = tf.gather(tf.cumsum(bad), kept_at) + pending
+    skipped = bad_before - tf.concat([[0], bad_before[:-1]], 0)
+    pending += tf.reduce_sum(bad) - tf.reduce_sum(skipped)
+    out = {k: tf.boolean_mask(v, kept) for k, v in rows.items()
+           if k not in ("bad", "position")}
+    with tf.control_dependencies([check]):
+      out["skipped"] = tf.cast(skipped, tf.float32)
+    return (pending, by_reason), out
+
+  chunks = records.batch(_TRAIN_CHUNK).map(decode_chunk, num_parallel_calls=AUTOTUNE,
+                                           deterministic=deterministic)
+  init = (tf.constant(0, tf.int64), tf.zeros([5], tf.int64))
+  return chunks.scan(init, count).unbatch()
+
+
+def record_status(files, *, decode_images: bool = True) -> tf.data.Dataset:
+  """Every record of `files`, in file then record order, checked but not kept.
+
+  Elements: {"file" (index into `files`), "record" (index in its file), "label" (int32
+  as stored, -1 if absent), "ok" (float32; 0: not a tf.train.Example, or with
+  `decode_images` an image that does not decode)}. A truncated file raises DataLossError.
+  """
+  def read(index, path):
+    return tf.data.TFRecordDataset(path).enumerate().map(
+        lambda i, x: {"serialized": x, "file": index, "record": i})
+
+  def full(r):
+    parsed = schema.parse_example(r["serialized"])
+    ok = tf.constant(1.0)
+    if decode_images:  # The decode must run: `ok` depends on it.
+      ok = tf.cast(tf.size(preprocessing.decode_rgb(parsed["encoded"])) >= 0, tf.float32)
+    return {"file": r["file"], "record": r["record"], "label": parsed["label"], "ok": ok}
+
+  def bad(r):
+    return {"file": r["file"], "record": r["record"],
+            "label": tf.constant(schema.UNLABELED, tf.int32), "ok": tf.constant(0.0)}
+
+  records = tf.data.Dataset.from_tensor_slices(tf.constant(list(files), tf.string))
+  return _decode_records(records.enumerate().flat_map(read), full, _try(bad))
+
+
+def bad_records_message(error: tf.errors.OpError) -> str | None:
+  """The one-line message of a training stream's too-many-bad-records error, else None."""
+  match = re.search(r"assertion failed: \[(.*" + re.escape(_TOO_MANY) + r".*)\]",
+                    error.message or "")
+  return match.group(1) if match else None
 
 
 def _eval_element_fns(preprocess, num_classes, keep_encoded, with_pseudo):
@@ -482,7 +614,8 @@ def eval_dataset(file_pattern: str, *, global_batch_size: int,
                  input_context: tf.distribute.InputContext | None = None,
                  label_offset: int = 0, keep_encoded: bool = False,
                  with_pseudo: bool = False, num_batches: int | None = None,
-                 files: list[str] | None = None) -> tf.data.Dataset:
+                 files: list[str] | None = None,
+                 flag_bad_labels: bool = False) -> tf.data.Dataset:
   """Every record of this pipeline's files exactly once, in file order, fixed batches.
 
   The eval path of `preprocess` is used (its `augment` is ignored). Rows that could not
@@ -496,6 +629,8 @@ def eval_dataset(file_pattern: str, *, global_batch_size: int,
       `num_eval_batches`), so every pipeline runs the same number of steps.
     files: read these files instead of `file_pattern` (e.g. a labelling job's
       `shard_files`); `input_context` still shards them.
+    flag_bad_labels: a label outside [0, C) marks its row ok=0 (label -1) instead of
+      failing the pipeline (evaluation skips and counts such records).
   """
   if files is None:
     files = fileio.list_record_files(file_pattern)
@@ -507,11 +642,20 @@ def eval_dataset(file_pattern: str, *, global_batch_size: int,
                                               keep_encoded, with_pseudo)
   ds = tf.data.TFRecordDataset(tf.constant(files, tf.string))
   ds = _decode_records(ds, full, _try(lenient, _try(constant)))
-  ds = ds.map(lambda x: dict(
-      x, label=check_labels(x["label"], num_classes, label_offset=label_offset,
-                            allow_unlabeled=True),
-      hidden_label=check_labels(x["hidden_label"], num_classes, label_offset=label_offset,
-                                allow_unlabeled=True, what="hidden_label")))
+  if flag_bad_labels:
+    def flag(x):
+      label, bad = _label_status(x["label"], num_classes, label_offset, True)
+      hidden, _ = _label_status(x["hidden_label"], num_classes, label_offset, True)
+      return dict(x, label=label, hidden_label=hidden,
+                  ok=tf.where(bad > 0, 0.0, x["ok"]))
+    ds = ds.map(flag)
+  else:
+    ds = ds.map(lambda x: dict(
+        x, label=check_labels(x["label"], num_classes, label_offset=label_offset,
+                              allow_unlabeled=True),
+        hidden_label=check_labels(x["hidden_label"], num_classes,
+                                  label_offset=label_offset, allow_unlabeled=True,
+                                  what="hidden_label")))
   ds = ds.batch(batch).map(lambda b: _pad_batch(b, batch))
   if num_batches is not None:
     ds = _pad_to_batches(ds, num_batches)

@@ -20,6 +20,10 @@ Two streaming passes (labels, then routing), so memory holds only the label arra
 each split's records are assigned to its N shards by a seeded permutation, and within a
 shard they keep the input order (already shuffled by `data.make_tfrecords`). The result
 depends only on the input files, the seed and the flags.
+
+Bad records (not a tf.train.Example, an image that does not decode, a label below -1)
+are skipped, as the labeller skips them: counted and listed (file, index in the file) in
+the summary. More than --max_bad_records of them, or a truncated file (named), stop it.
 """
 
 from __future__ import annotations
@@ -27,26 +31,45 @@ from __future__ import annotations
 import contextlib
 import os
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from data import cli
 from data import fileio
 from data import make_tfrecords
+from data import pipeline
 from data import schema
 
 SPLITS = ("labeled", "dev", "unlabeled")
 SUMMARY = "split_summary.json"
+BAD = -2  # The label (and destination) of a skipped record.
 
 
-def read_labels(files) -> np.ndarray:
-  """The stored `image/class/label` of every record, in file then record order."""
-  spec = {schema.LABEL: schema.IMAGE_SPEC[schema.LABEL]}
-  ds = tf.data.TFRecordDataset(files).batch(4096).map(
-      lambda x: tf.io.parse_example(x, spec)[schema.LABEL])
-  chunks = [c for c in ds.as_numpy_iterator()]
-  return np.concatenate(chunks) if chunks else np.zeros([0], np.int64)
+def read_labels(files, decode_images: bool = True) -> tuple[np.ndarray, list[dict]]:
+  """(stored label of every record in file then record order, the bad records).
+
+  A bad record (see the module docstring) gets label BAD and an entry {"file", "index",
+  "reason"}. A truncated file is a ValueError naming it.
+  """
+  columns = {"file": [], "record": [], "label": [], "ok": []}
+  try:
+    for chunk in pipeline.record_status(files, decode_images=decode_images).batch(
+        4096).as_numpy_iterator():
+      for key, values in columns.items():
+        values.append(chunk[key])
+  except tf.errors.DataLossError as e:
+    raise fileio.data_loss_error(files, e) from None
+  if not columns["ok"]:
+    return np.zeros([0], np.int64), []
+  file, record, label, ok = (np.concatenate(columns[k]) for k in columns)
+  label = label.astype(np.int64)
+  bad = (ok == 0) | (label < schema.UNLABELED)
+  skipped = [{"file": files[int(f)], "index": int(i),
+              "reason": "label below -1" if o else "not a tf.train.Example, or its image "
+              "does not decode"} for f, i, o in zip(file[bad], record[bad], ok[bad])]
+  label[bad] = BAD
+  return label, skipped
 
 
 def choose(labels: np.ndarray, labeled_per_class: int, dev_per_class: int,
@@ -87,24 +110,40 @@ def hide_label(serialized: bytes) -> bytes:
 
 
 def split(input_pattern: str, output_dir: str, *, labeled_per_class: int,
-          dev_per_class: int = 0, seed: int = 0, num_shards: int = 8) -> dict:
+          dev_per_class: int = 0, seed: int = 0, num_shards: int = 8,
+          max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS,
+          decode_images: bool = True) -> dict:
   """Writes the three splits and the summary; returns the summary dict."""
   if labeled_per_class < 1 or dev_per_class < 0:
-    raise ValueError("labeled_per_class must be >= 1 and dev_per_class >= 0")
-  files = fileio.list_files(input_pattern)
-  labels = read_labels(files)
-  dest = choose(labels, labeled_per_class, dev_per_class, seed)
+    raise ValueError(f"--labeled_per_class must be >= 1 and --dev_per_class >= 0, got "
+                     f"{labeled_per_class} and {dev_per_class}")
+  if num_shards < 1 or max_bad_records < 0:
+    raise ValueError(f"--num_shards must be >= 1 and --max_bad_records >= 0, got "
+                     f"{num_shards} and {max_bad_records}")
+  files = fileio.list_record_files(input_pattern)
+  fileio.makedirs(output_dir)
+  labels, skipped = read_labels(files, decode_images)
+  if len(skipped) > max_bad_records:
+    first = skipped[0]
+    raise ValueError(f"{len(skipped)} bad records, more than --max_bad_records="
+                     f"{max_bad_records} (the first: {first['file']} record "
+                     f"{first['index']}, {first['reason']}); fix or remove them, or raise "
+                     "--max_bad_records")
+  good = labels != BAD
+  dest = np.full(len(labels), BAD, np.int64)
+  dest[good] = choose(labels[good], labeled_per_class, dev_per_class, seed)
   shard = shard_of_each(dest, num_shards, seed)
   present = [s for s in range(len(SPLITS)) if np.any(dest == s)]
   names = {(s, j): make_tfrecords.shard_name(SPLITS[s], j, num_shards)
            for s in present for j in range(num_shards)}
-  tf.io.gfile.makedirs(output_dir)
   with contextlib.ExitStack() as stack:
     writers = {}
     for key, name in names.items():
       tmp = stack.enter_context(fileio.atomic_path(os.path.join(output_dir, name)))
       writers[key] = stack.enter_context(tf.io.TFRecordWriter(tmp))
     for i, record in enumerate(tf.data.TFRecordDataset(files).as_numpy_iterator()):
+      if dest[i] == BAD:
+        continue
       hide = dest[i] == SPLITS.index("unlabeled") and labels[i] != schema.UNLABELED
       writers[dest[i], shard[i]].write(hide_label(record) if hide else record)
     # The ExitStack unwinds in reverse: each writer closes before its file is renamed.
@@ -113,6 +152,9 @@ def split(input_pattern: str, output_dir: str, *, labeled_per_class: int,
         output_dir, name, {n for (t, _), n in names.items() if t == s})
   summary = _summary(files, labels, dest, names, seed, labeled_per_class, dev_per_class,
                      num_shards)
+  summary.update(num_skipped=len(skipped), skipped=skipped)
+  if skipped:
+    print(f"skipped {len(skipped)} bad records, listed in {SUMMARY}")
   fileio.write_json_atomic(os.path.join(output_dir, SUMMARY), summary)
   return summary
 
@@ -143,6 +185,10 @@ def define_flags():
   flags.DEFINE_integer("dev_per_class", 0, "Held-out dev images per class.")
   flags.DEFINE_integer("seed", 0, "Seed of the per-class choice and of the sharding.")
   flags.DEFINE_integer("num_shards", 8, "Shards per output split.")
+  flags.DEFINE_integer("max_bad_records", pipeline.DEFAULT_MAX_BAD_RECORDS,
+                       "Bad records are skipped and listed; more than this many stop it.")
+  flags.DEFINE_bool("decode_images", True, "Decode every image to find the bad ones "
+                    "(off: only records that do not parse; faster on large JPEG sets).")
   flags.mark_flags_as_required(["input_pattern", "output_dir", "labeled_per_class"])
 
 
@@ -151,11 +197,12 @@ def main(argv):
   summary = split(FLAGS.input_pattern, FLAGS.output_dir,
                   labeled_per_class=FLAGS.labeled_per_class,
                   dev_per_class=FLAGS.dev_per_class, seed=FLAGS.seed,
-                  num_shards=FLAGS.num_shards)
+                  num_shards=FLAGS.num_shards, max_bad_records=FLAGS.max_bad_records,
+                  decode_images=FLAGS.decode_images)
   print(", ".join(f"{s}: {summary[s]['num_records']}" for s in SPLITS),
         f"-> {FLAGS.output_dir}")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from data import fileio
 from data import perturbations as perturb
+from data import pipeline
 from data import preprocessing
 from noisy_student import attacks as attack_lib
 from noisy_student import robustness as rb
@@ -63,6 +64,7 @@ class EvalConfig:
   batch_size: int = 256
   label_offset: int = 0
   max_examples: int = 0
+  max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS
   preprocess_mode: str = "auto"
   per_class: bool = False
   class_subset: str = ""
@@ -101,6 +103,11 @@ class EvalConfig:
       raise ValueError("--normalizer=baseline needs --baseline_results")
     if self.num_frames < 2:
       raise ValueError(f"num_frames must be >= 2, got {self.num_frames}")
+    if self.batch_size < 1:
+      raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+    for name in ("max_examples", "max_bad_records"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
 
 # --------------------------------------------------------------------------- data
@@ -165,23 +172,26 @@ def folder_dataset(source: Source, preprocess: preprocessing.PreprocessConfig,
 
 
 def iterate_batches(source: Source, *, preprocess, num_classes: int, batch_size: int,
-                    label_offset: int = 0, max_examples: int = 0) -> Iterator[dict]:
+                    label_offset: int = 0, max_examples: int = 0,
+                    max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS
+                    ) -> Iterator[dict]:
   """NumPy batches with "image", "label", "id" and "valid" (a real, decoded, labeled row).
 
   Rows that are not valid are never scored; each batch also counts the ones that matter:
   "failed" (records that could not be read) and "unlabeled" (label -1). With
   max_examples, rows past the first `max_examples` valid ones are marked invalid (and
-  not counted) and iteration stops.
+  not counted) and iteration stops. A record that does not decode, or whose label is
+  outside [0, num_classes), counts as failed; more than `max_bad_records` of them is a
+  ValueError, as is a truncated TFRecord file (named).
   """
   if source.kind == "tfrecord":
-    from data import pipeline  # pylint: disable=g-import-not-at-top
     ds = pipeline.eval_dataset(source.path, global_batch_size=batch_size,
                                preprocess=preprocess, num_classes=num_classes,
-                               label_offset=label_offset)
+                               label_offset=label_offset, flag_bad_labels=True)
   else:
     ds = folder_dataset(source, preprocess, batch_size)
-  seen = 0
-  for batch in ds.as_numpy_iterator():
+  seen = failed = 0
+  for batch in _naming_broken_files(ds.as_numpy_iterator(), source):
     real = batch["mask"] > 0
     read = real & (batch["ok"] > 0)
     valid = read & (batch["label"] >= 0)
@@ -191,11 +201,26 @@ def iterate_batches(source: Source, *, preprocess, num_classes: int, batch_size:
     if done:  # Rows after the last one used are not looked at.
       real &= np.arange(len(real)) <= np.flatnonzero(valid)[-1]
     seen += int(valid.sum())
+    failed += int((real & ~read).sum())
+    if failed > max_bad_records:
+      raise ValueError(
+          f"{source.path}: more than --max_bad_records={max_bad_records} records do not "
+          f"decode or have a label outside [0, {num_classes}) after --label_offset="
+          f"{label_offset} ({failed} so far): fix or remove them, check --label_offset, "
+          "or raise --max_bad_records")
     yield {"image": batch["image"], "label": batch["label"].astype(np.int64),
            "id": batch["id"], "valid": valid, "failed": int((real & ~read).sum()),
            "unlabeled": int((real & read & (batch["label"] < 0)).sum())}
     if done:
       return
+
+
+def _naming_broken_files(batches: Iterator[dict], source: Source) -> Iterator[dict]:
+  """`batches`; a truncated TFRecord file of `source` is a ValueError naming it."""
+  try:
+    yield from batches
+  except tf.errors.DataLossError as e:
+    raise fileio.data_loss_error(fileio.list_record_files(source.path), e) from None
 
 
 # -------------------------------------------------------------------------- model
@@ -226,7 +251,8 @@ class Evaluator:
     tally = {"failed_records": 0, "unlabeled_records": 0}
     for batch in iterate_batches(source, preprocess=self.preprocess,
                                  num_classes=self.num_classes, batch_size=c.batch_size,
-                                 label_offset=c.label_offset, max_examples=c.max_examples):
+                                 label_offset=c.label_offset, max_examples=c.max_examples,
+                                 max_bad_records=c.max_bad_records):
       tally["failed_records"] += batch["failed"]
       tally["unlabeled_records"] += batch["unlabeled"]
       yield batch
@@ -683,7 +709,8 @@ def evaluate(config: EvalConfig) -> dict:
   if len(ev.skipped) > 1:
     results["skipped_by_source"] = ev.skipped
   table += (f"\n\n- not scored: {skipped['unlabeled_records']} records without a label, "
-            f"{skipped['failed_records']} records that could not be read")
+            f"{skipped['failed_records']} records that do not decode or whose label is "
+            f"outside [0, {ev.num_classes})")
   write_outputs(config.output_dir, results, table, plots)
   return results
 
@@ -698,7 +725,8 @@ def config_from_flags(f) -> EvalConfig:
   return EvalConfig(
       model=f.model, suite=f.suite, output_dir=f.output_dir, data_pattern=f.data_pattern,
       image_folder=f.image_folder, batch_size=f.batch_size, label_offset=f.label_offset,
-      max_examples=f.max_examples, preprocess_mode=f.preprocess_mode, per_class=f.per_class,
+      max_examples=f.max_examples, max_bad_records=f.max_bad_records,
+      preprocess_mode=f.preprocess_mode, per_class=f.per_class,
       class_subset=f.class_subset, corruption_pattern=f.corruption_pattern,
       corruption_root=f.corruption_root, corruptions=corruptions,
       severities=tuple(int(s) for s in names(f.severities)),
@@ -710,11 +738,12 @@ def config_from_flags(f) -> EvalConfig:
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise ValueError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
   from absl import flags  # pylint: disable=g-import-not-at-top
   config = config_from_flags(flags.FLAGS)
   evaluate(config)
-  with open(os.path.join(config.output_dir, RESULTS_MD)) as md:
+  with tf.io.gfile.GFile(os.path.join(config.output_dir, RESULTS_MD)) as md:
     print(md.read())
 
 
@@ -734,6 +763,10 @@ def define_flags(flag_values=None):
   flags.DEFINE_integer("batch_size", 256, "Images per model call.", **kw)
   flags.DEFINE_integer("label_offset", 0, "1 for 1-based ImageNet TPU TFRecords.", **kw)
   flags.DEFINE_integer("max_examples", 0, "Evaluate only the first N images (0: all).", **kw)
+  flags.DEFINE_integer("max_bad_records", pipeline.DEFAULT_MAX_BAD_RECORDS,
+                       "Records that do not decode or have a label out of range are "
+                       "skipped and counted; more than this many per data source stop the "
+                       "run.", **kw)
   flags.DEFINE_enum("preprocess_mode", "auto", ["auto", "imagenet", "small"],
                     "Eval preprocessing; auto: the model's stored preprocess_mode (older "
                     "model dirs: small for small-image models).", **kw)
@@ -770,6 +803,6 @@ def define_flags(flag_values=None):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
+  from data import cli  # pylint: disable=g-import-not-at-top
   define_flags()
-  app.run(main)
+  cli.run(main)

@@ -60,6 +60,9 @@ class TaskConfig:
     freeze_until: FixRes-style fine-tuning (paper Sec. 3.1): every layer before the
       first one whose name starts with this prefix (e.g. "block6") is frozen, its BN in
       inference mode ("" = train everything).
+    max_bad_records: training records that do not decode, or whose label (pseudo label)
+      is out of range or missing, are skipped and counted; more than this many in one
+      input stream stops the run with an error saying how many of each.
   """
   train_pattern: str
   num_classes: int
@@ -91,6 +94,7 @@ class TaskConfig:
   freeze_until: str = ""
   seed: int = 0
   deterministic: bool = False
+  max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS
 
   @property
   def unlabeled_batch_size(self) -> int:
@@ -152,7 +156,8 @@ class ClassificationTask:
     ds = tf.data.TFRecordDataset(files[:_CHECK_FILES]).take(_CHECK_RECORDS)
     ds = ds.map(lambda x: schema.parse_example(x, label_offset=self.config.label_offset,
                                                **parse_kwargs))
-    return next(iter(ds.batch(_CHECK_RECORDS)), None)
+    # Records that do not parse (and a truncated tail) are the pipeline's to skip.
+    return next(iter(ds.ignore_errors().batch(_CHECK_RECORDS)), None)
 
   def _check_labels(self, pattern: str, *, allow_unlabeled: bool, what: str) -> None:
     files = fileio.list_record_files(pattern)
@@ -223,7 +228,7 @@ class ClassificationTask:
     common = dict(preprocess=c.preprocess(c.augment), num_classes=c.num_classes,
                   input_context=input_context, seed=seed, deterministic=c.deterministic,
                   label_offset=c.label_offset, shuffle_buffer=c.shuffle_buffer,
-                  initial_epoch=initial_epoch)
+                  initial_epoch=initial_epoch, max_bad_records=c.max_bad_records)
     if not c.unlabeled_pattern:
       return pipeline.train_dataset(c.train_pattern, global_batch_size=c.train_batch_size,
                                     **common)
@@ -253,7 +258,12 @@ class ClassificationTask:
         c.eval_pattern, global_batch_size=c.eval_batch_size,
         preprocess=c.preprocess("none", size), num_classes=c.num_classes,
         input_context=input_context, label_offset=c.label_offset,
-        num_batches=self._num_eval_batches)
+        num_batches=self._num_eval_batches, flag_bad_labels=True)
+
+  def input_files(self) -> list[str]:
+    c = self.config
+    patterns = [p for p in (c.train_pattern, c.unlabeled_pattern, c.eval_pattern) if p]
+    return [f for p in patterns for f in fileio.list_record_files(p)]
 
   # -- loss -----------------------------------------------------------------------------
 
@@ -343,7 +353,7 @@ def run(config: TrainConfig, flags_text: str | None = None,
   trainer_lib.set_seed(config.trainer.seed, config.trainer.deterministic)
   model_dir = config.trainer.model_dir
   if strategy_lib.is_chief(strategy):
-    tf.io.gfile.makedirs(model_dir)
+    fileio.makedirs(model_dir)
     trainer_lib.write_config(model_dir, trainer_lib.config_to_dict(config))
     if flags_text is not None:
       fileio.write_text_atomic(os.path.join(model_dir, "flags.txt"), flags_text)

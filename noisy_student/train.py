@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import sys
 
-from absl import app
 from absl import flags
+import tensorflow as tf
 
 import efficientnet
+from data import cli
 from data import fileio
 from data import pipeline
 from noisy_student import losses
@@ -120,6 +120,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagValue
           "RandAugment ops per image N.")
   boolean("flip", of_task("flip"), "Random horizontal flips (off for digits, e.g. SVHN).")
   integer("shuffle_buffer", of_task("shuffle_buffer"), "Records per shuffle buffer.")
+  integer("max_bad_records", of_task("max_bad_records"),
+          "Training records that do not decode, or whose label is out of range, are "
+          "skipped and counted; more than this many in one input stream stop the run.")
 
   # Student.
   real("unlabeled_ratio", of_loss("unlabeled_ratio"),
@@ -191,8 +194,22 @@ def _schedule(fv: flags.FlagValues, num_labeled: int,
       kind=fv.lr_schedule, total_steps=train_steps)
 
 
+def _check_counts(fv: flags.FlagValues) -> None:
+  """Sizes and ratios that make no sense, each named (before any division by them)."""
+  for name in ("train_batch_size", "eval_batch_size"):
+    if fv[name].value < 1:
+      raise ValueError(f"--{name} must be >= 1, got {fv[name].value}")
+  for name in ("unlabeled_ratio", "max_bad_records", "train_steps", "train_epochs",
+               "num_labeled_examples"):
+    if fv[name].value < 0:
+      raise ValueError(f"--{name} must be >= 0, got {fv[name].value}")
+
+
 def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> task_lib.TrainConfig:
   """The frozen run configuration; counts the labeled records if not given."""
+  _check_counts(fv)
+  if tf.io.gfile.exists(fv.model_dir) and not tf.io.gfile.isdir(fv.model_dir):
+    raise ValueError(f"--model_dir={fv.model_dir} is a file; give a directory")
   num_labeled = fv.num_labeled_examples or pipeline.count_records(
       fileio.list_record_files(fv.train_pattern))
   if num_labeled <= 0:
@@ -222,7 +239,8 @@ def config_from_flags(fv: flags.FlagValues = flags.FLAGS) -> task_lib.TrainConfi
       train_batch_size=fv.train_batch_size, eval_batch_size=fv.eval_batch_size,
       teacher=fv.teacher or "", sync_batch_norm=fv.sync_batch_norm, loss=loss,
       num_labeled_examples=num_labeled, shuffle_buffer=fv.shuffle_buffer,
-      freeze_until=fv.freeze_until or "", seed=fv.seed, deterministic=fv.deterministic)
+      freeze_until=fv.freeze_until or "", seed=fv.seed, deterministic=fv.deterministic,
+      max_bad_records=fv.max_bad_records)
   trainer = trainer_lib.TrainerConfig(
       model_dir=fv.model_dir, train_steps=train_steps,
       schedule=_schedule(fv, num_labeled, train_steps), steps_per_loop=fv.steps_per_loop,
@@ -245,16 +263,11 @@ def resolved_flags(fv: flags.FlagValues = flags.FLAGS) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    config = config_from_flags()
-    task_lib.ClassificationTask(config.task).validate()
-  except (ValueError, FileNotFoundError) as e:
-    print(f"noisy_student.train: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  task_lib.run(config, flags_text=resolved_flags(), validate=False)
+    raise ValueError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+  # Bad inputs fail in validation, before anything is written (data.cli: one line, 2).
+  task_lib.run(config_from_flags(), flags_text=resolved_flags())
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main, prog="noisy_student.train")

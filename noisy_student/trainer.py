@@ -17,6 +17,7 @@ Layout of `model_dir` (written by the chief only):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -29,6 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from data import fileio
+from data import pipeline
 from noisy_student import losses
 from noisy_student import model_io
 from noisy_student import optimization
@@ -101,6 +103,9 @@ class TrainerConfig:
     for name in ("steps_per_loop", "checkpoint_every_steps", "keep_checkpoints"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+    for name in ("eval_every_steps", "max_eval_batches"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class Task(Protocol):
@@ -132,6 +137,9 @@ class Task(Protocol):
 
   def export_config(self) -> dict:
     """model_config.json contents."""
+
+  def input_files(self) -> list[str]:
+    """Every TFRecord file the task reads (searched for the broken one on data loss)."""
 
 
 def set_precision(precision: str) -> None:
@@ -229,6 +237,7 @@ class Trainer:
         self.ema = optimization.ExponentialMovingAverage(
             self.model, self.ema_model, config.moving_average_decay)
     self._decayed = losses.decayed_variables(self.model)
+    self.skipped_records = 0  # Bad training records skipped by the input, this process.
     self._ckpt_dir = os.path.join(config.model_dir, CKPT_DIR)
     self._iterator = None
     self._train_loop_fn = None
@@ -318,11 +327,13 @@ class Trainer:
     self.optimizer.apply(grads, self.model.trainable_variables)
     if self.ema is not None:
       self.ema.update(self.global_step + 1)
-    outputs = dict(metrics, loss=loss, weight_decay=decay)
+    skipped = (tf.reduce_sum(batch["skipped"]) if "skipped" in batch
+               else tf.constant(0.0))  # Counted on the row that follows them.
+    outputs = dict(metrics, loss=loss, weight_decay=decay, skipped_records=skipped)
     return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
 
   def _build_train_loop(self):
-    names = tuple(self.task.metric_names) + ("loss", "weight_decay")
+    names = tuple(self.task.metric_names) + ("loss", "weight_decay", "skipped_records")
 
     @tf.function
     def train_loop(iterator, num_steps):
@@ -339,7 +350,9 @@ class Trainer:
   def _replica_eval(self, batch: dict) -> dict:
     logits = tf.cast(self.eval_model(batch["image"], training=False), tf.float32)
     mask = tf.cast(batch["mask"], tf.float32)
-    if "ok" in batch:  # Records whose image did not decode are not scored.
+    skipped = tf.constant(0.0)
+    if "ok" in batch:  # Records that did not decode, or with a bad label, are not scored.
+      skipped = tf.reduce_sum(mask * (1.0 - tf.cast(batch["ok"], tf.float32)))
       mask *= tf.cast(batch["ok"], tf.float32)
     num_classes = logits.shape[-1]
     labels = tf.clip_by_value(tf.cast(batch["label"], tf.int32), 0, num_classes - 1)
@@ -347,7 +360,8 @@ class Trainer:
     top5 = tf.cast(tf.math.in_top_k(labels, logits, min(5, num_classes)), tf.float32)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return {"top1": tf.reduce_sum(top1 * mask), "top5": tf.reduce_sum(top5 * mask),
-            "loss": tf.reduce_sum(ce * mask), "count": tf.reduce_sum(mask)}
+            "loss": tf.reduce_sum(ce * mask), "count": tf.reduce_sum(mask),
+            "skipped": skipped}
 
   def _build_eval_step(self):
     @tf.function
@@ -377,21 +391,26 @@ class Trainer:
     dataset = self.strategy.distribute_datasets_from_function(self.task.eval_dataset)
     if self._eval_step_fn is None:
       self._eval_step_fn = self._build_eval_step()
-    totals = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
-    for i, batch in enumerate(dataset):
-      if self.config.max_eval_batches and i >= self.config.max_eval_batches:
-        break
-      for k, v in self._eval_step_fn(batch).items():
-        totals[k] += float(v)
+    totals = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0, "skipped": 0.0}
+    with self._naming_broken_files():
+      for i, batch in enumerate(dataset):
+        if self.config.max_eval_batches and i >= self.config.max_eval_batches:
+          break
+        for k, v in self._eval_step_fn(batch).items():
+          totals[k] += float(v)
     count = max(totals["count"], 1.0)
     step = int(self.global_step.numpy())
     result = {"step": step, "top1": totals["top1"] / count, "top5": totals["top5"] / count,
               "loss": totals["loss"] / count, "num_examples": int(totals["count"]),
+              "num_skipped": int(totals["skipped"]),
               "weights": "ema" if self.ema is not None else "raw"}
     logging.info("eval at step %d: top1 %.4f top5 %.4f (%d examples)", step,
                  result["top1"], result["top5"], result["num_examples"])
+    skipped = (f", {result['num_skipped']} unreadable or out-of-range records skipped"
+               if result["num_skipped"] else "")
     print(f"eval step {step}: top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  "
-          f"loss {result['loss']:.4f}  ({result['num_examples']} images)", flush=True)
+          f"loss {result['loss']:.4f}  ({result['num_examples']} images{skipped})",
+          flush=True)
     if self.is_chief:
       self._write_scalars("eval", {"top1": result["top1"], "top5": result["top5"],
                                    "loss": result["loss"]}, step)
@@ -423,19 +442,23 @@ class Trainer:
                 seconds_per_step: float) -> None:
     """The console line and the TensorBoard scalars of one host loop."""
     c = self.config
-    means = {k: v / num_steps for k, v in sums.items()}
+    means = {k: v / num_steps for k, v in sums.items() if k != "skipped_records"}
+    self.skipped_records += int(sums["skipped_records"])
     lr = float(optimization.learning_rate_at(step - 1, c.schedule))
     steps_per_sec = num_steps / max(seconds, 1e-9)
     rate = steps_per_sec * self.task.global_batch_images
     eta = (c.train_steps - step) * seconds_per_step
     parts = "  ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
+    skipped = (f"  {self.skipped_records} bad records skipped" if self.skipped_records
+               else "")
     print(f"step {step}/{c.train_steps}  loss {means['loss']:.4f}  {parts}  lr {lr:.3g}  "
-          f"{rate:.1f} img/s  ETA {_format_duration(eta)}", flush=True)
+          f"{rate:.1f} img/s  ETA {_format_duration(eta)}{skipped}", flush=True)
     if self.is_chief:
       scalars = {f"loss/{k}" if "ce" in k or "loss" in k or k == "weight_decay" else k: v
                  for k, v in means.items()}
       scalars.update({"learning_rate": lr, "images_per_sec": rate,
-                      "steps_per_sec": steps_per_sec})
+                      "steps_per_sec": steps_per_sec,
+                      "input/skipped_records": self.skipped_records})
       self._write_scalars("train", scalars, step)
 
   def _next_boundary(self, step: int) -> int:
@@ -457,7 +480,7 @@ class Trainer:
       The final evaluation result, or None without an eval split.
     """
     c = self.config
-    tf.io.gfile.makedirs(c.model_dir)
+    fileio.makedirs(c.model_dir)
     step = self._restore_or_initialize()
     self._iterator = self._make_iterator(step)
     if self._train_loop_fn is None:
@@ -471,8 +494,9 @@ class Trainer:
     while step < c.train_steps:
       n = self._next_boundary(step) - step
       t0 = time.time()
-      sums = self._train_loop_fn(self._iterator, tf.constant(n, tf.int32))
-      sums = {k: float(v) for k, v in sums.items()}
+      with self._naming_broken_files():
+        sums = self._train_loop_fn(self._iterator, tf.constant(n, tf.int32))
+        sums = {k: float(v) for k, v in sums.items()}
       step = int(self.global_step.numpy())
       now = time.time()
       # Wall time per step since the first loop: checkpoints and evaluations included.
@@ -492,6 +516,20 @@ class Trainer:
     if not self._already_exported(step):
       self.export()
     return last_eval
+
+  @contextlib.contextmanager
+  def _naming_broken_files(self):
+    """Input errors as one line: the truncated file by name, too many bad records."""
+    try:
+      yield
+    except tf.errors.DataLossError as e:
+      files = self.task.input_files() if hasattr(self.task, "input_files") else []
+      raise fileio.data_loss_error(files, e) from None
+    except tf.errors.InvalidArgumentError as e:
+      message = pipeline.bad_records_message(e)
+      if message is None:
+        raise
+      raise ValueError(message) from None
 
   def _is_periodic_eval(self, step: int) -> bool:
     """An evaluation step inside the run (the final one is done after the loop)."""

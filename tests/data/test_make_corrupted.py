@@ -145,3 +145,44 @@ def test_flag_parsing_and_validation():
     mc.CorruptConfig("x", "y", corruptions=("rain",))
   with pytest.raises(ValueError, match="shard_index"):
     mc.CorruptConfig("x", "y", shard_index=2, num_shards=2)
+
+
+def _with_bad_records(path):
+  """Two good records around an undecodable image, a non-Example and a record
+  without an image."""
+  rng = np.random.default_rng(2)
+  good = [schema.make_example(schema.image_features(
+      _png(rng.integers(0, 256, (28, 28), dtype=np.uint8)), f"good-{i}", i,
+      hidden_label=i)) for i in range(2)]
+  no_image = tf.train.Example()
+  no_image.features.feature[schema.ID].bytes_list.value[:] = [b"no-image"]
+  with tf.io.TFRecordWriter(str(path)) as w:
+    w.write(good[0].SerializeToString())
+    w.write(schema.make_example(schema.image_features(b"\x89PNG broken", "bad-png", 1))
+            .SerializeToString())
+    w.write(b"not an Example")
+    w.write(no_image.SerializeToString())
+    w.write(good[1].SerializeToString())
+
+
+def test_bad_records_are_skipped_listed_and_limited(tmp_path):
+  path = tmp_path / "bad.tfrecord"
+  _with_bad_records(path)
+  manifest = _run(str(path), tmp_path / "c")
+  assert manifest["examples_in_shard"] == 2 and manifest["num_bad_records"] == 3
+  assert [(b["index"], b["id"]) for b in manifest["bad_records"]] == [
+      (1, "bad-png"), (2, ""), (3, "no-image")]
+  assert [r["id"] for r in read_records(str(tmp_path / "c/glass_blur/1/*.tfrecord"))] == [
+      "good-0", "good-1"]
+  with pytest.raises(ValueError, match="more than --max_bad_records=2"):
+    _run(str(path), tmp_path / "limited", max_bad_records=2)
+  assert not glob.glob(str(tmp_path / "limited/**/*.tfrecord"), recursive=True)
+
+
+def test_truncated_input_is_named(grey_records, tmp_path):
+  with open(grey_records, "rb") as f:
+    data = f.read()
+  with open(grey_records, "wb") as f:
+    f.write(data[:-40])
+  with pytest.raises(ValueError, match=f"{grey_records}: truncated record at"):
+    _run(grey_records, tmp_path / "c")

@@ -179,8 +179,10 @@ def test_label_out_of_range_is_an_error(tmp_path, label, offset, message):
   with pytest.raises(tf.errors.InvalidArgumentError, match=message):
     list(ds)
   ds = pipeline.train_dataset(str(tmp_path / "x-*"), global_batch_size=2,
-                              preprocess=TRAIN, num_classes=C, label_offset=offset)
-  with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                              preprocess=TRAIN, num_classes=C, label_offset=offset,
+                              max_bad_records=0)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match=f"64 with a label outside \\[0, 4\\) after label_offset={offset}"):
     next(iter(ds))
 
 
@@ -247,8 +249,8 @@ def test_train_input_context_shards_files_and_splits_the_batch(data_dir):
 
 def test_unlabeled_records_in_labeled_data_are_an_error(data_dir):
   ds = pipeline.train_dataset(str(data_dir / "unlabeled-*"), global_batch_size=2,
-                              preprocess=TRAIN, num_classes=C)
-  with pytest.raises(tf.errors.InvalidArgumentError, match="unlabeled record in labeled"):
+                              preprocess=TRAIN, num_classes=C, max_bad_records=3)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="64 unlabeled \\(label -1\\)"):
     next(iter(ds))
 
 
@@ -298,8 +300,8 @@ def test_labeled_unlabeled_per_replica_and_errors(data_dir):
   (batch,) = _take(ds, 1)
   assert batch["image"].shape == (2 + 6, 8, 8, 3)
   offline_without_pseudo = pipeline.labeled_unlabeled_dataset(
-      str(data_dir / "train-*"), str(data_dir / "unlabeled-*"), **kwargs)
-  with pytest.raises(tf.errors.InvalidArgumentError, match="without pseudo labels"):
+      str(data_dir / "train-*"), str(data_dir / "unlabeled-*"), max_bad_records=5, **kwargs)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="without a pseudo label"):
     _take(offline_without_pseudo, 1)
   with pytest.raises(ValueError, match="needs an unlabeled_pattern"):
     pipeline.labeled_unlabeled_dataset(str(data_dir / "train-*"), None, **kwargs)
@@ -323,3 +325,69 @@ def test_training_pattern_may_match_json_and_png_beside_the_records(data_dir):
       str(data_dir / "train-*"), str(data_dir / "*"), labeled_batch_size=2,
       unlabeled_ratio=1, preprocess=TRAIN, num_classes=C, pseudo_labels=False)
   assert _take(ds, 1)[0]["image"].shape == (4, 8, 8, 3)
+
+
+# ------------------------------------------------------------------------ bad records
+
+
+def _with_bad_records(path):
+  """9 records in this order: 2 good, undecodable, good, not an Example, label 9,
+  3 good. Good ones are labels 0..3 and ids good/i."""
+  rows = [schema.image_features(_png(i), f"good/{i}", i % C) for i in range(6)]
+  bad_image = schema.image_features(_png(7)[:30], "bad/truncated-png", 1)
+  bad_label = schema.image_features(_png(8), "bad/label", 9)
+  with tf.io.TFRecordWriter(str(path)) as w:
+    for row in rows[:2] + [bad_image, rows[2], None, bad_label] + rows[3:]:
+      w.write(b"not an Example" if row is None else
+              schema.make_example(row).SerializeToString())
+
+
+def test_training_skips_and_counts_bad_records(tmp_path):
+  _with_bad_records(tmp_path / "x-00000.tfrecord")
+  ds = pipeline.train_dataset(str(tmp_path / "x-*"), global_batch_size=3, preprocess=EVAL,
+                              num_classes=C, deterministic=True, shuffle_buffer=1)
+  batches = _take(ds, 4)  # Two epochs of the 6 good records.
+  ids = {tf.io.decode_png(_png(i)).numpy().astype(np.float32).tobytes(): i for i in range(6)}
+  seen = [ids[im.tobytes()] for b in batches for im in b["image"]]
+  assert sorted(seen[:6]) == sorted(seen[6:]) == list(range(6))
+  assert [b["skipped"].sum() for b in batches] == [1, 2, 1, 2]  # Skipped before each.
+  assert [int(x) for b in batches for x in b["label"]] == [s % C for s in seen]
+
+
+def test_too_many_bad_records_is_an_error_naming_the_reasons(tmp_path):
+  _with_bad_records(tmp_path / "x-00000.tfrecord")
+  ds = pipeline.train_dataset(str(tmp_path / "x-*"), global_batch_size=3, preprocess=EVAL,
+                              num_classes=C, max_bad_records=4, deterministic=True,
+                              shuffle_buffer=1)
+  with pytest.raises(tf.errors.InvalidArgumentError) as error:
+    _take(ds, 10)
+  message = pipeline.bad_records_message(error.value)
+  # Counted per chunk of 64 records: 7 passes over the file (3 bad each) and one record.
+  assert message.startswith("labeled input: 21 bad records skipped, more than "
+                            "max_bad_records=4")
+  assert "14 that do not decode" in message and "7 with a label outside" in message
+  assert "\n" not in message
+  assert pipeline.bad_records_message(tf.errors.InvalidArgumentError(None, None, "x")) is None
+
+
+def test_student_batches_skip_unlabeled_records_without_pseudo_labels(data_dir):
+  _write(data_dir / "mixed-00000.tfrecord", [
+      schema.image_features(_png(1), "u/no-pseudo"),
+      dict(schema.image_features(_png(2), "u/ok"), **schema.pseudo_features(_probs(2)))])
+  ds = pipeline.labeled_unlabeled_dataset(
+      str(data_dir / "train-*"), str(data_dir / "mixed-*"), labeled_batch_size=2,
+      unlabeled_ratio=1, preprocess=TRAIN, num_classes=C, deterministic=True)
+  batches = _take(ds, 3)
+  for b in batches:
+    np.testing.assert_allclose(b["target"][2:], np.stack([_probs(2)] * 2))
+  assert sum(b["skipped"][2:].sum() for b in batches) >= 2
+
+
+def test_eval_can_flag_labels_out_of_range_instead_of_failing(tmp_path):
+  _write(tmp_path / "x-0.tfrecord", [schema.image_features(_png(0), "a", 9),
+                                     schema.image_features(_png(1), "b", 2)])
+  (batch,) = list(pipeline.eval_dataset(str(tmp_path / "x-*"), global_batch_size=2,
+                                        preprocess=EVAL, num_classes=C,
+                                        flag_bad_labels=True))
+  assert batch["ok"].numpy().tolist() == [0, 1]
+  assert batch["label"].numpy().tolist() == [-1, 2]

@@ -123,3 +123,39 @@ def test_command_line(labeled_set, tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "labeled: 6, dev: 3, unlabeled: 23" in result.stdout
   assert json.loads((out / "split_summary.json").read_text())["num_input_records"] == 32
+
+
+def _add_bad_records(directory):
+  """A third input file: two good records around three bad ones."""
+  encoded = tf.io.encode_png(np.zeros((4, 4, 3), np.uint8)).numpy()
+  rows = [schema.make_example(schema.image_features(encoded, "extra/good-0", 0)),
+          schema.make_example(schema.image_features(encoded[:20], "extra/png", 1)),
+          None,
+          schema.make_example(schema.image_features(encoded, "extra/label", -5)),
+          schema.make_example(schema.image_features(encoded, "extra/good-1", 1))]
+  with tf.io.TFRecordWriter(str(directory / "train-00002-of-00003.tfrecord")) as w:
+    for row in rows:
+      w.write(b"not an Example" if row is None else row.SerializeToString())
+
+
+def test_bad_records_are_skipped_listed_and_limited(labeled_set, tmp_path):
+  pattern, records = labeled_set
+  _add_bad_records(tmp_path)
+  summary = split.split(pattern, str(tmp_path / "out"), labeled_per_class=2, num_shards=1)
+  written = {s: _read(str(tmp_path / "out" / f"{s}-*")) for s in ("labeled", "unlabeled")}
+  assert set(written["labeled"]) | set(written["unlabeled"]) == set(records) | {
+      "extra/good-0", "extra/good-1"}
+  assert summary["num_skipped"] == 3 and summary["num_input_records"] == 37
+  third = str(tmp_path / "train-00002-of-00003.tfrecord")
+  assert [(s["file"], s["index"]) for s in summary["skipped"]] == [
+      (third, 1), (third, 2), (third, 3)]
+  with pytest.raises(ValueError, match="3 bad records.*more than --max_bad_records=2"):
+    split.split(pattern, str(tmp_path / "limited"), labeled_per_class=2, max_bad_records=2)
+
+
+def test_truncated_input_is_named(labeled_set, tmp_path):
+  pattern, _ = labeled_set
+  path = tmp_path / "train-00001-of-00002.tfrecord"
+  path.write_bytes(path.read_bytes()[:-10])
+  with pytest.raises(ValueError, match=f"{path}: truncated record at"):
+    split.split(pattern, str(tmp_path / "out"), labeled_per_class=2)

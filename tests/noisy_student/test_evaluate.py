@@ -214,3 +214,34 @@ def test_records_without_a_label_are_counted_and_reported(setup):
   adv = run(setup, "partly_adv", "--suite=adversarial", "--epsilons=0", "--attacks=fgsm",
             f"--data_pattern={setup['root'] / 'partly/test-*'}")
   assert adv["unlabeled_records"] == 3
+
+
+def _bad_records_file(setup, name):
+  """The test images plus an undecodable PNG, a non-Example and a label outside [0, 2)."""
+  import tensorflow as tf
+  path = setup["root"] / name / "test-00000.tfrecord"
+  write_records(str(path), setup["images"], setup["labels"])
+  with tf.io.TFRecordWriter(str(path.parent / "test-00001.tfrecord")) as w:
+    w.write(schema.make_example(schema.image_features(
+        _png(setup["images"][0])[:40], "bad/png", 0)).SerializeToString())
+    w.write(b"not an Example")
+    w.write(schema.make_example(schema.image_features(
+        _png(setup["images"][0]), "bad/label", 5)).SerializeToString())
+  return str(path.parent / "test-*")
+
+
+def test_bad_records_are_skipped_counted_and_limited(setup):
+  pattern = _bad_records_file(setup, "bad")
+  r = run(setup, "bad_out", "--suite=clean", f"--data_pattern={pattern}")
+  assert r["count"] == N and r["failed_records"] == 3
+  with pytest.raises(ValueError, match="more than --max_bad_records=2"):
+    run(setup, "bad_limit", "--suite=clean", f"--data_pattern={pattern}",
+        "--max_bad_records=2")
+
+
+def test_truncated_file_is_named(setup):
+  pattern = _bad_records_file(setup, "truncated")
+  path = setup["root"] / "truncated" / "test-00000.tfrecord"
+  path.write_bytes(path.read_bytes()[:-100])
+  with pytest.raises(ValueError, match=f"{path}: truncated record at"):
+    run(setup, "truncated_out", "--suite=clean", f"--data_pattern={pattern}")

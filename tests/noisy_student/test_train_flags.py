@@ -95,6 +95,10 @@ def test_resolved_configuration(records, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
+    (("--train_batch_size=0",), "--train_batch_size must be >= 1, got 0"),
+    (("--eval_batch_size=-2",), "--eval_batch_size must be >= 1, got -2"),
+    (("--unlabeled_ratio=-1",), "--unlabeled_ratio must be >= 0, got -1.0"),
+    (("--max_bad_records=-1",), "--max_bad_records must be >= 0, got -1"),
     (("--train_pattern=/nonexistent/train-*",), "no files match '/nonexistent/train-\\*'"),
     (("--train_pattern=",), "no files match ''"),
     (("--eval_pattern=/nonexistent/dev-*",), "no files match '/nonexistent/dev-\\*'"),
@@ -231,3 +235,50 @@ def test_every_flag_default_is_its_config_default():
       checked.add(names[0])
   assert {"randaugment_magnitude", "randaugment_layers", "flip", "weight_decay",
           "label_smoothing", "steps_per_loop"} <= checked
+
+
+def _bad_records_dir(root):
+  """4 good files (what validation reads) and a 5th with an undecodable PNG, a record
+  that is not an Example and a label outside [0, 4) among good records."""
+  import tensorflow as tf
+
+  from data import schema
+  for i in range(4):
+    write_records(str(root / f"lab-{i}.tfrecord"), 8, seed=i)
+  good = os.path.join(root, "good.tfrecord")
+  write_records(good, 6, seed=9)
+  rows = list(tf.data.TFRecordDataset(good).as_numpy_iterator())
+  os.remove(good)
+  png = tf.io.encode_png(tf.zeros([16, 16, 3], tf.uint8)).numpy()
+  with tf.io.TFRecordWriter(str(root / "lab-4.tfrecord")) as w:
+    for row in rows[:2] + [
+        schema.make_example(schema.image_features(png[:20], "bad/png", 1)).SerializeToString(),
+        b"not an Example",
+        schema.make_example(schema.image_features(png, "bad/label", 7)).SerializeToString(),
+    ] + rows[2:]:
+      w.write(row)
+  return root
+
+
+def test_training_skips_bad_records_past_the_checked_ones(tmp_path, capsys):
+  data = _bad_records_dir(tmp_path / "data")
+  c, _ = config(data, tmp_path / "run", "--train_steps=12", "--steps_per_loop=12",
+                "--deterministic")
+  task_lib.run(c)  # 12 steps of 4 = one pass over the 38 good records and then some.
+  import re
+  skipped = re.findall(r"(\d+) bad records skipped", capsys.readouterr().out)
+  assert skipped and int(skipped[-1]) in (3, 6)
+  c, _ = config(data, tmp_path / "limited", "--train_steps=12", "--max_bad_records=2")
+  with pytest.raises(ValueError, match="more than max_bad_records=2"):
+    task_lib.run(c)
+
+
+def test_truncated_training_file_is_named(tmp_path):
+  data = _bad_records_dir(tmp_path / "data")
+  broken = data / "lab-4.tfrecord"
+  broken.write_bytes(broken.read_bytes()[:-30])
+  with pytest.raises(ValueError, match=f"{broken}: truncated record at"):
+    config(data, tmp_path / "run", "--train_steps=12")  # Counting the records finds it.
+  c, _ = config(data, tmp_path / "run", "--train_steps=12", "--num_labeled_examples=41")
+  with pytest.raises(ValueError, match=f"{broken}: truncated record at"):
+    task_lib.run(c)  # So does training.

@@ -79,7 +79,8 @@ def test_model_dir_layout(trained):
       "checkpoint", "ckpt-8.data-00000-of-00001", "ckpt-8.index"]
   metrics = json.loads((model_dir / "eval_metrics.json").read_text())
   assert metrics == result
-  assert set(metrics) == {"step", "top1", "top5", "loss", "num_examples", "weights"}
+  assert set(metrics) == {"step", "top1", "top5", "loss", "num_examples", "num_skipped",
+                          "weights"}
   assert metrics["step"] == 8 and metrics["num_examples"] == 64
   assert metrics["weights"] == "ema"
   history = json.loads((model_dir / "eval_history.json").read_text())
