@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import glob
 import logging
 import os
 import re
 import threading
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 import tqdm
 
+from data import cli
 from data import fileio
 from data import schema
 from data import sources
@@ -85,12 +84,12 @@ def _write_shard(source, items, path: str, progress) -> dict:
 def remove_stale_shards(output_dir: str, split: str, keep: set[str]) -> list[str]:
   """Deletes `{split}-*-of-*.tfrecord` files not written by this run (another N)."""
   pattern = re.compile(re.escape(split) + r"-\d{5}-of-\d{5}\.tfrecord$")
-  stale = [f for f in glob.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord"))
+  stale = [f for f in tf.io.gfile.glob(os.path.join(output_dir, f"{split}-*-of-*.tfrecord"))
            if pattern.search(os.path.basename(f)) and os.path.basename(f) not in keep]
   for f in stale:
     logging.warning("removing stale shard %s", f)
-    os.remove(f)
-  return stale
+    tf.io.gfile.remove(f)
+  return sorted(stale)
 
 
 def make_tfrecords(source, output_dir: str, *, num_shards: int, seed: int,
@@ -109,7 +108,7 @@ def make_tfrecords(source, output_dir: str, *, num_shards: int, seed: int,
     items = [items[i] for i in keep]
   shards = assign_shards(len(items), num_shards, seed)
   names = [shard_name(split, i, num_shards) for i in range(num_shards)]
-  tf.io.gfile.makedirs(output_dir)
+  fileio.makedirs(output_dir)
 
   bar = tqdm.tqdm(total=len(items), unit="img", desc=split, disable=not show_progress)
   lock = threading.Lock()
@@ -187,4 +186,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)

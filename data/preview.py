@@ -19,9 +19,9 @@ import io
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
-from data import fileio, randaugment, schema
+from data import cli, fileio, randaugment, schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +158,7 @@ def define_flags():
 def main(argv):
   del argv
   if FLAGS.image and FLAGS.tfrecord:
-    raise app.UsageError("give --image or --tfrecord, not both")
+    raise ValueError("give --image or --tfrecord, not both")
   if FLAGS.tfrecord:
     image = read_tfrecord_image(FLAGS.tfrecord, FLAGS.index)
   elif FLAGS.image:
@@ -176,4 +176,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  cli.run(main)
