@@ -16,11 +16,10 @@ is the teacher's T = 1 distribution; the temperature belongs to the student's tr
 directory labelled with other settings, ...) exit non-zero with one line.
 """
 
-import sys
 
-from absl import app
 from absl import flags
 
+from data import cli
 from data import shards
 from noisy_student import labeling
 from noisy_student import strategy as strategy_lib
@@ -56,23 +55,21 @@ _TPU = flags.DEFINE_string("tpu", None, "TPU name or address (strategy tpu/auto)
 def main(argv):
   del argv
   if _TEMPERATURE.value != 1.0:
-    sys.exit(f"noisy_student.label: error: --temperature={_TEMPERATURE.value:g} is no "
-             "longer applied here (labels are stored at T = 1 and selection filters on "
-             "that confidence); pass --teacher_temperature to noisy_student.train instead")
-  try:
-    shard_index = shards.resolve_shard_index(_SHARD_INDEX.value, _NUM_SHARDS.value)
-    config = labeling.LabelConfig(
-        teacher=_TEACHER.value, input_pattern=_INPUT_PATTERN.value,
-        output_dir=_OUTPUT_DIR.value, shard_index=shard_index,
-        num_shards=_NUM_SHARDS.value, batch_size=_BATCH_SIZE.value,
-        soft_label_top_k=_TOP_K.value, storage=_STORAGE.value,
-        num_classes=_NUM_CLASSES.value, label_offset=_LABEL_OFFSET.value,
-        noised=_NOISED.value)
-    labeling.run_labeling(config, strategy_lib.get_strategy(_STRATEGY.value, _TPU.value))
-  except ValueError as e:
-    # One line and a non-zero exit: a driver must not mark this stage done.
-    sys.exit(f"noisy_student.label: error: {e}")
+    raise ValueError(f"--temperature={_TEMPERATURE.value:g} is no longer applied here "
+                     "(labels are stored at T = 1 and selection filters on that "
+                     "confidence); pass --teacher_temperature to noisy_student.train instead")
+  # A user error (ValueError) is one line and exit status 2 (data.cli), so a driver
+  # never marks this stage done.
+  shard_index = shards.resolve_shard_index(_SHARD_INDEX.value, _NUM_SHARDS.value)
+  config = labeling.LabelConfig(
+      teacher=_TEACHER.value, input_pattern=_INPUT_PATTERN.value,
+      output_dir=_OUTPUT_DIR.value, shard_index=shard_index,
+      num_shards=_NUM_SHARDS.value, batch_size=_BATCH_SIZE.value,
+      soft_label_top_k=_TOP_K.value, storage=_STORAGE.value,
+      num_classes=_NUM_CLASSES.value, label_offset=_LABEL_OFFSET.value,
+      noised=_NOISED.value)
+  labeling.run_labeling(config, strategy_lib.get_strategy(_STRATEGY.value, _TPU.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

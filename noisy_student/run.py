@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
 
+from data import cli
 from noisy_student import driver
 from noisy_student import iterate
 from noisy_student import report
@@ -160,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,11 +17,10 @@ run, an output directory selected with other settings, duplicate record keys, or
 empty selection (nothing reaches the threshold, or nothing was written).
 """
 
-import sys
 
-from absl import app
 from absl import flags
 
+from data import cli
 from data import pipeline
 from data import shards
 from noisy_student import job_io
@@ -55,25 +54,22 @@ _PLAN_ONLY = flags.DEFINE_bool("plan_only", False, "Pass 1 only: write selection
 
 def main(argv):
   del argv
-  try:
-    shard_index = shards.resolve_shard_index(_SHARD_INDEX.value, _NUM_SHARDS.value)
-    config = selection.SelectionConfig(
-        min_threshold=_MIN_THRESHOLD.value, images_per_class=_IMAGES_PER_CLASS.value,
-        balance=not _NO_BALANCE.value, upsample=not _NO_UPSAMPLE.value, seed=_SEED.value)
-    job = selection.SelectJob(
-        predictions=_PREDICTIONS.value, output_dir=_OUTPUT_DIR.value,
-        shard_index=shard_index, num_shards=_NUM_SHARDS.value,
-        files_per_shard=_NUM_OUTPUT_SHARDS.value, shuffle_buffer=_SHUFFLE_BUFFER.value,
-        plan_only=_PLAN_ONLY.value)
-    plan = selection.run_selection(job, config, shard_files=pipeline.shard_files)
-  except ValueError as e:
-    # One line and a non-zero exit (an empty selection too): a driver must not mark
-    # this stage done.
-    sys.exit(f"noisy_student.select: error: {e}")
+  # A user error (ValueError; an empty selection too) is one line and exit status 2
+  # (data.cli), so a driver never marks this stage done.
+  shard_index = shards.resolve_shard_index(_SHARD_INDEX.value, _NUM_SHARDS.value)
+  config = selection.SelectionConfig(
+      min_threshold=_MIN_THRESHOLD.value, images_per_class=_IMAGES_PER_CLASS.value,
+      balance=not _NO_BALANCE.value, upsample=not _NO_UPSAMPLE.value, seed=_SEED.value)
+  job = selection.SelectJob(
+      predictions=_PREDICTIONS.value, output_dir=_OUTPUT_DIR.value,
+      shard_index=shard_index, num_shards=_NUM_SHARDS.value,
+      files_per_shard=_NUM_OUTPUT_SHARDS.value, shuffle_buffer=_SHUFFLE_BUFFER.value,
+      plan_only=_PLAN_ONLY.value)
+  plan = selection.run_selection(job, config, shard_files=pipeline.shard_files)
   job_io.say(f"plan: {plan['total_before']:,} predictions -> {plan['total_kept']:,} kept "
              f"-> ~{plan['total_expected_after']:,.0f} expected; summary in "
              f"{job.output_dir}/selection.json, plot in {job.output_dir}/selection.png")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -21,6 +21,7 @@ import sys
 from absl import app
 from absl import flags
 
+from data import cli
 from data import fileio
 
 flags.DEFINE_bool("mean", True, "Add a mean +- sd row.")
@@ -142,4 +143,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
