@@ -52,7 +52,9 @@ def _count(pattern):
 def test_driver_smoke_run_and_resume(tmp_path):
   workdir = str(tmp_path / "work")
   first = _run(workdir)
-  config = iterate.ExperimentConfig(workdir=workdir, iterations=2)
+  # The run's models (a growing student, so each iteration has its own control).
+  config = iterate.ExperimentConfig(workdir=workdir, iterations=2, students=(
+      iterate.ModelSpec(width=0.1, depth=0.1), iterate.ModelSpec(width=0.15, depth=0.1)))
   stages = [s.name for s in iterate.plan(config)]
   for name in stages:
     assert os.path.exists(os.path.join(workdir, ".stages", name.replace("/", "__") + ".json"))
