@@ -33,15 +33,18 @@ def makedirs(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str):
+def atomic_path(path: str, temporary: str | None = None):
   """Yields a temporary path next to `path`; renames it to `path` on success.
 
   On an exception the temporary file is removed and `path` is left untouched.
+  `temporary` names the temporary (it must start with TMP_MARK, in the same directory);
+  default: a random name.
   """
   directory = os.path.dirname(path)
   if directory:
     makedirs(directory)
-  tmp = os.path.join(directory, f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
+  tmp = temporary or os.path.join(
+      directory, f"{TMP_MARK}{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
   try:
     yield tmp
     tf.io.gfile.rename(tmp, path, overwrite=True)
@@ -50,14 +53,14 @@ def atomic_path(path: str):
       tf.io.gfile.remove(tmp)
 
 
-def write_text_atomic(path: str, text: str) -> None:
-  with atomic_path(path) as tmp:
+def write_text_atomic(path: str, text: str, temporary: str | None = None) -> None:
+  with atomic_path(path, temporary) as tmp:
     with tf.io.gfile.GFile(tmp, "w") as f:
       f.write(text)
 
 
-def write_json_atomic(path: str, obj) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def write_json_atomic(path: str, obj, temporary: str | None = None) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", temporary)
 
 
 def read_json(path: str):

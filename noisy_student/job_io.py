@@ -23,7 +23,6 @@ a job rerun from another directory or mount matches its first run.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -55,32 +54,17 @@ def temporary_path(path: str) -> str:
                       f"{fileio.TMP_MARK}{owner_tag()}.{uuid.uuid4().hex[:8]}-{name}")
 
 
-@contextlib.contextmanager
 def atomic_path(path: str):
-  """Yields an owner-tagged temporary path; renames it to `path` on success.
-
-  On an exception the temporary is removed and `path` is left as it was.
-  """
-  directory = os.path.dirname(path)
-  if directory:
-    tf.io.gfile.makedirs(directory)
-  tmp = temporary_path(path)
-  try:
-    yield tmp
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-  finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
+  """`fileio.atomic_path` with an owner-tagged temporary (see `temporary_path`)."""
+  return fileio.atomic_path(path, temporary_path(path))
 
 
 def write_text_atomic(path: str, text: str) -> None:
-  with atomic_path(path) as tmp:
-    with tf.io.gfile.GFile(tmp, "w") as f:
-      f.write(text)
+  fileio.write_text_atomic(path, text, temporary_path(path))
 
 
 def write_json_atomic(path: str, obj) -> None:
-  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+  fileio.write_json_atomic(path, obj, temporary_path(path))
 
 
 def _owner(name: str) -> tuple[str, int] | None:
