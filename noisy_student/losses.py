@@ -40,7 +40,6 @@ class LossConfig:
   unlabeled_ratio: float = 0.0      # r
   weighting: str = "official"
   teacher_temperature: float = 1.0
-  weight_decay: float = 1e-5
 
   def __post_init__(self):
     if self.weighting not in WEIGHTINGS:
