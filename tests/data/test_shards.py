@@ -110,9 +110,9 @@ def test_kubernetes_indexed_job_manifest_shards_by_completion_index():
 
 
 def test_readme_tpu_vm_example_exports_a_variable_auto_reads():
-  with open(os.path.join(REPO, "README.md")) as f:
-    readme = f.read()
-  command = readme[readme.index("gcloud compute tpus tpu-vm ssh"):]
+  with open(os.path.join(REPO, "docs", "tpu_imagenet.md")) as f:
+    page = f.read()
+  command = page[page.index("gcloud compute tpus tpu-vm ssh"):]
   command = command[:command.index("```")]
   assert "--worker=all" in command and "--shard_index=auto" in command
   exported = re.search(r"export (\w+)=\$\(curl [^)]*agent-worker-number\)", command)
