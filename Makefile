@@ -73,7 +73,7 @@ clean:
 
 # Robustness of the final student vs its compute-matched control (labels only, same
 # budget) and vs its labels-only teacher, on Fashion-MNIST-C / -P and FGSM / PGD
-# (README "Fashion-MNIST robustness"); reads the models of $(WORKDIR). The control is
+# (docs/evaluation.md, "Fashion-MNIST robustness"); reads the models of $(WORKDIR). The control is
 # normalised by the teacher, the student by its control.
 ROBUST_N ?= 1000
 robustness: $(STAMP)

@@ -141,7 +141,7 @@ def _rss_mb() -> float:
 
 
 def example_png(path: str, num_classes: int = 1000, seed: int = 0) -> None:
-  """The README's picture: a plan over synthetic stats (no records needed).
+  """The picture in docs/pseudo_labels.md: a plan over synthetic stats (no records needed).
 
   Zipf-like class sizes (2,000 to 400,000 predictions), Beta(5, 1.5) confidences,
   K = 10,000 per class.
@@ -169,7 +169,7 @@ def main() -> None:
   parser.add_argument("--workdir", default="/tmp/ns_bench_selection")
   parser.add_argument("--cleanup", action="store_true", help="delete generated files")
   parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-  parser.add_argument("--example_png", help="only write the README's example plot here")
+  parser.add_argument("--example_png", help="only write the example plot of docs/pseudo_labels.md here")
   args = parser.parse_args()
   if args.example_png:
     example_png(args.example_png)

@@ -8,7 +8,7 @@ copy its index in an environment variable:
   SLURM_ARRAY_TASK_ID    Slurm job array: submit with `--array=0-<N-1>` (the raw task id
                          is the shard, so a resubmission of some failed ids keeps them)
   TPU_WORKER_ID          GKE TPU slices (set in each pod); on a Cloud TPU VM export it from
-                         the metadata server's `agent-worker-number` (README)
+                         the metadata server's `agent-worker-number` (docs/tpu_imagenet.md)
   CLOUD_TPU_TASK_ID      the Cloud TPU runtime's task id, where it is set
 
 `num_shards` is never taken from the environment: a Slurm resubmission of a few failed

@@ -72,7 +72,7 @@ def test_explicit_index(clean_env):
 
 def _manifest_fields(text: str) -> tuple[dict, list[str]]:
   """The `key: value` scalars and the container's args of a simple YAML manifest (no
-  PyYAML here): enough to check what the README promises about it."""
+  PyYAML here): enough to check what docs/tpu_imagenet.md promises about it."""
   scalars, args, in_args = {}, [], False
   for line in text.splitlines():
     if not line.strip() or line.lstrip().startswith("#"):

@@ -1,5 +1,5 @@
 """`python -m efficientnet.convert`, then `noisy_student.label` with the converted teacher:
-the README's "label your images with the paper's model" path, on a random B0 checkpoint."""
+the "convert, label, evaluate" path of docs/pretrained_checkpoints.md, on a random B0 checkpoint."""
 import os
 import subprocess
 import sys
