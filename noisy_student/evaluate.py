@@ -35,22 +35,32 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from data import fileio
 from data import perturbations as perturb
 from data import pipeline
-from data import preprocessing
 from noisy_student import attacks as attack_lib
 from noisy_student import robustness as rb
+from noisy_student.evaluators import baselines
+from noisy_student.evaluators import model
+from noisy_student.evaluators import outputs
+from noisy_student.evaluators import sources
 
 SUITES = ("clean", "imagenet_a", "corruptions", "perturbations", "adversarial")
 NORMALIZERS = ("auto", "alexnet", "baseline", "none")
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp")
-RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+IMAGE_EXTENSIONS = sources.IMAGE_EXTENSIONS
+RESULTS_JSON, RESULTS_MD = outputs.RESULTS_JSON, outputs.RESULTS_MD
+# The shared pieces, importable from here as before.
+Source, folder_files, folder_dataset, iterate_batches = (
+    sources.Source, sources.folder_files, sources.folder_dataset, sources.iterate_batches)
+clean_source = sources.clean_source
+Evaluator = model.Evaluator
+load_baseline = baselines.load_baseline
+write_outputs = outputs.write_outputs
+_pct, _num = outputs.pct, outputs.num
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,192 +118,6 @@ class EvalConfig:
     for name in ("max_examples", "max_bad_records"):
       if getattr(self, name) < 0:
         raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """Where images come from.
-
-  kind "tfrecord": `path` is a file pattern read by `data.pipeline.eval_dataset`.
-  kind "folder": `path`/<class>/<image>; classes in sorted order get labels 0, 1, ...
-  (or `label_map[i]`); `crop` applies the eval center crop (raw photos, ImageNet-A),
-  otherwise images are only resized to the model size (ImageNet-C's stored crops).
-  """
-  kind: str
-  path: str
-  crop: bool = True
-  label_map: tuple[int, ...] | None = None
-
-
-def folder_files(root: str) -> tuple[list[str], list[int], list[str]]:
-  """(image paths, class indices, class names) of a class-folder tree, sorted."""
-  if not tf.io.gfile.isdir(root):
-    raise ValueError(f"no image folder at {root!r}")
-  classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
-                   if tf.io.gfile.isdir(os.path.join(root, d)))
-  files, labels = [], []
-  for i, name in enumerate(classes):
-    for f in sorted(tf.io.gfile.listdir(os.path.join(root, name))):
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not fileio.is_temporary(f):
-        files.append(os.path.join(root, name, f))
-        labels.append(i)
-  if not files:
-    raise ValueError(f"no images under {root!r} (expected {root}/<class>/<image>)")
-  return files, labels, classes
-
-
-def folder_dataset(source: Source, preprocess: preprocessing.PreprocessConfig,
-                   batch_size: int) -> tf.data.Dataset:
-  """Batches {"image", "label", "id", "mask", "ok"} from a class-folder tree."""
-  files, labels, classes = folder_files(source.path)
-  if source.label_map is not None:
-    if len(source.label_map) != len(classes):
-      raise ValueError(f"{source.path} has {len(classes)} class folders, the class subset "
-                       f"{len(source.label_map)} classes")
-    labels = [source.label_map[i] for i in labels]
-  config = preprocess.for_eval()
-
-  def load(path, label):
-    encoded = tf.io.read_file(path)
-    if source.crop:
-      image = preprocessing.preprocess_image(encoded, config)
-    elif config.mode == "small":
-      image = tf.cast(preprocessing.fit_small(preprocessing.decode_rgb(encoded),
-                                              config.image_size), tf.float32)
-    else:
-      image = preprocessing.resize(preprocessing.decode_rgb(encoded), config.image_size)
-    return {"image": image, "label": label, "id": path, "mask": 1.0, "ok": 1.0}
-
-  ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels, tf.int32)))
-  return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(2)
-
-
-def iterate_batches(source: Source, *, preprocess, num_classes: int, batch_size: int,
-                    label_offset: int = 0, max_examples: int = 0,
-                    max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS
-                    ) -> Iterator[dict]:
-  """NumPy batches with "image", "label", "id" and "valid" (a real, decoded, labeled row).
-
-  Rows that are not valid are never scored; each batch also counts the ones that matter:
-  "failed" (records that could not be read) and "unlabeled" (label -1). With
-  max_examples, rows past the first `max_examples` valid ones are marked invalid (and
-  not counted) and iteration stops. A record that does not decode, or whose label is
-  outside [0, num_classes), counts as failed; more than `max_bad_records` of them is a
-  ValueError, as is a truncated TFRecord file (named).
-  """
-  if source.kind == "tfrecord":
-    ds = pipeline.eval_dataset(source.path, global_batch_size=batch_size,
-                               preprocess=preprocess, num_classes=num_classes,
-                               label_offset=label_offset, flag_bad_labels=True)
-  else:
-    ds = folder_dataset(source, preprocess, batch_size)
-  seen = failed = 0
-  for batch in _naming_broken_files(ds.as_numpy_iterator(), source):
-    real = batch["mask"] > 0
-    read = real & (batch["ok"] > 0)
-    valid = read & (batch["label"] >= 0)
-    if max_examples:
-      valid &= np.cumsum(valid) + seen <= max_examples
-    done = bool(max_examples) and seen + int(valid.sum()) >= max_examples
-    if done:  # Rows after the last one used are not looked at.
-      real &= np.arange(len(real)) <= np.flatnonzero(valid)[-1]
-    seen += int(valid.sum())
-    failed += int((real & ~read).sum())
-    if failed > max_bad_records:
-      raise ValueError(
-          f"{source.path}: more than --max_bad_records={max_bad_records} records do not "
-          f"decode or have a label outside [0, {num_classes}) after --label_offset="
-          f"{label_offset} ({failed} so far): fix or remove them, check --label_offset, "
-          "or raise --max_bad_records")
-    yield {"image": batch["image"], "label": batch["label"].astype(np.int64),
-           "id": batch["id"], "valid": valid, "failed": int((real & ~read).sum()),
-           "unlabeled": int((real & read & (batch["label"] < 0)).sum())}
-    if done:
-      return
-
-
-def _naming_broken_files(batches: Iterator[dict], source: Source) -> Iterator[dict]:
-  """`batches`; a truncated TFRecord file of `source` is a ValueError naming it."""
-  try:
-    yield from batches
-  except tf.errors.DataLossError as e:
-    raise fileio.data_loss_error(fileio.list_record_files(source.path), e) from None
-
-
-# -------------------------------------------------------------------------- model
-
-
-class Evaluator:
-  """A loaded model with compiled inference and its preprocessing."""
-
-  def __init__(self, config: EvalConfig):
-    from noisy_student import model_io  # pylint: disable=g-import-not-at-top
-    self.config = config
-    self.model, self.model_config = model_io.load_model(config.model)
-    self.num_classes = int(self.model_config["num_classes"])
-    self.image_size = int(self.model_config["image_size"])
-    self.preprocess = model_io.eval_preprocess(self.model_config)
-    if config.preprocess_mode != "auto":
-      self.preprocess = dataclasses.replace(self.preprocess, mode=config.preprocess_mode)
-    self.logits = tf.function(self._logits, reduce_retracing=True)
-    # Per source: records read but not scored ({"failed_records", "unlabeled_records"}).
-    self.skipped: dict[str, dict[str, int]] = {}
-
-  def _logits(self, images):
-    return tf.cast(self.model(images, training=False), tf.float32)
-
-  def batches(self, source: Source) -> Iterator[dict]:
-    """`iterate_batches` of `source`; a full pass records its skipped rows."""
-    c = self.config
-    tally = {"failed_records": 0, "unlabeled_records": 0}
-    for batch in iterate_batches(source, preprocess=self.preprocess,
-                                 num_classes=self.num_classes, batch_size=c.batch_size,
-                                 label_offset=c.label_offset, max_examples=c.max_examples,
-                                 max_bad_records=c.max_bad_records):
-      tally["failed_records"] += batch["failed"]
-      tally["unlabeled_records"] += batch["unlabeled"]
-      yield batch
-    self.skipped[source.path] = tally
-
-  def skipped_total(self) -> dict[str, int]:
-    """Skipped rows summed over the distinct sources read (each counted once)."""
-    return {k: sum(t[k] for t in self.skipped.values())
-            for k in ("failed_records", "unlabeled_records")}
-
-  def accuracy(self, source: Source, subset=None, top_k=(1, 5)) -> rb.AccuracyMeter:
-    """Top-k accuracy over one source; `subset` masks the logits."""
-    meter = rb.AccuracyMeter(self.num_classes, top_k)
-    for batch in self.batches(source):
-      logits = self.logits(batch["image"]).numpy()
-      if subset is not None:
-        logits = rb.mask_logits(logits, subset)
-      meter.update(logits, batch["label"], batch["valid"])
-    return meter
-
-
-def clean_source(config: EvalConfig, label_map=None, crop: bool = True) -> Source:
-  if config.data_pattern:
-    return Source("tfrecord", config.data_pattern)
-  return Source("folder", config.image_folder, crop=crop, label_map=label_map)
-
-
-def load_baseline(path: str, suite: str) -> dict:
-  results = fileio.read_json(path)
-  if results.get("suite") != suite:
-    raise ValueError(f"--baseline_results={path} holds suite {results.get('suite')!r}, "
-                     f"not {suite!r}")
-  return results
-
-
-def _pct(x) -> str:
-  return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.2f}"
-
-
-def _num(x) -> str:
-  return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.2f}"
 
 
 # ----------------------------------------------------------------- clean / subset
@@ -643,58 +467,9 @@ def _epsilon_plot(ax, r: dict, baseline: dict | None):
   ax.legend(fontsize=8)
 
 
-# -------------------------------------------------------------------------- output
-
-
-def write_outputs(output_dir: str, results: dict, table: str, plots: dict) -> list[str]:
-  """Writes results.json, results.md and one PNG per plot, atomically; returns paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  paths = []
-  for name, draw in plots.items():
-    path = os.path.join(output_dir, f"{name}.png")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    draw(ax)
-    fig.tight_layout()
-    with fileio.atomic_path(path) as tmp:
-      with tf.io.gfile.GFile(tmp, "wb") as f:
-        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(path)
-  results = dict(results, plots=[os.path.basename(p) for p in paths])
-  header = (f"# {results['suite']}: {results['model']}\n\n"
-            f"data: {results['data']}\n\n")
-  fileio.write_text_atomic(os.path.join(output_dir, RESULTS_MD), header + table + "\n")
-  fileio.write_json_atomic(os.path.join(output_dir, RESULTS_JSON), _jsonable(results))
-  return paths + [os.path.join(output_dir, RESULTS_MD), os.path.join(output_dir, RESULTS_JSON)]
-
-
-def _jsonable(obj):
-  if isinstance(obj, dict):
-    return {str(k): _jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_jsonable(v) for v in obj]
-  if isinstance(obj, (np.floating, float)):
-    return None if np.isnan(obj) else float(obj)
-  if isinstance(obj, np.integer):
-    return int(obj)
-  return obj
-
-
-def _check_output_dir(config: EvalConfig):
-  """One directory per suite: refuse to overwrite another suite's results."""
-  path = os.path.join(config.output_dir, RESULTS_JSON)
-  if tf.io.gfile.exists(path):
-    suite = fileio.read_json(path).get("suite")
-    if suite != config.suite:
-      raise ValueError(f"{path} holds suite {suite!r}; use a separate --output_dir for "
-                       f"--suite={config.suite}")
-
-
 def evaluate(config: EvalConfig) -> dict:
   """Runs one suite and writes its outputs; returns the results dict."""
-  _check_output_dir(config)
+  outputs.check_output_dir(config.output_dir, config.suite)
   start = time.time()
   ev = Evaluator(config)
   run = {"clean": run_accuracy, "imagenet_a": run_accuracy, "corruptions": run_corruptions,
