@@ -67,6 +67,13 @@ def write_json_atomic(path: str, obj) -> None:
   fileio.write_json_atomic(path, obj, temporary_path(path))
 
 
+def dumps_compact(obj: dict) -> str:
+  """JSON with one line per top-level key: per-class lists stay on one line each."""
+  lines = [f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'), sort_keys=True)}"
+           for k, v in obj.items()]
+  return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def _owner(name: str) -> tuple[str, int] | None:
   """(host hash, pid) of an owner-tagged temporary's basename, else None."""
   tag = name[len(fileio.TMP_MARK):].split("-", 1)[0].split(".")

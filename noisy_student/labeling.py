@@ -22,6 +22,8 @@ handles `shard_files(files, i, N)` of the input files:
                                          noisy_student.select). No paths, so a rerun
                                          from another directory or mount matches.
 
+The stats files' format is noisy_student/label_stats.py (shared with the selector).
+
 Corrupt records (not a tf.train.Example, or an image that does not decode) get no
 prediction and are not written; each one is counted and listed (file, index, id) in the
 stats. A file whose TFRecord framing breaks (truncated / bad checksum) is labelled up to
@@ -50,11 +52,10 @@ from data import pipeline
 from data import schema
 from data.preprocessing import PreprocessConfig
 from noisy_student import job_io
+from noisy_student import label_stats
 from noisy_student import model_io
-from noisy_student import selection
 
 STORAGES = ("float32", "float16")
-FILES_DIR = "_files"
 _PSEUDO_KEYS = (schema.PSEUDO_PROBS, schema.PSEUDO_PROBS_F16, schema.PSEUDO_TOPK_INDICES,
                 schema.PSEUDO_TOPK_VALUES, schema.PSEUDO_LABEL, schema.PSEUDO_CONFIDENCE)
 
@@ -183,8 +184,8 @@ class _Sink:
     self._current = k
     self._atomic = job_io.atomic_path(self._jobs[k].out)
     self._writer = tf.io.TFRecordWriter(self._atomic.__enter__())
-    self._hist = selection.new_histogram(self._num_classes)
-    self._images, self._index, self._corrupt = 0, 0, []
+    self._hist = label_stats.new_histogram(self._num_classes)
+    self._index, self._corrupt = 0, []
     self._start = time.time()
 
   def _finish(self) -> None:
@@ -194,12 +195,9 @@ class _Sink:
     self._atomic = None
     if job.tail_error:
       self._corrupt.append(job.tail_error)
-    job_io.write_json_atomic(job.done, {
-        "input": job.source, "output": os.path.basename(job.out),
-        "settings": self._settings, "num_images": self._images,
-        "num_corrupt": len(self._corrupt), "corrupt": self._corrupt,
-        "seconds": round(time.time() - self._start, 3),
-        "histogram_sparse": _sparse(self._hist)})
+    label_stats.write_file_stats(job.done, label_stats.make_file_stats(
+        input_path=job.source, output=os.path.basename(job.out), settings=self._settings,
+        histogram=self._hist, corrupt=self._corrupt, seconds=time.time() - self._start))
     if self._corrupt:
       job_io.say(f"{job.source}: {len(self._corrupt)} corrupt record(s), listed in "
                  f"{job.done}")
@@ -220,8 +218,7 @@ class _Sink:
       if good > 0:
         self._writer.write(with_pseudo_label(serialized, p, storage=cfg.storage,
                                              top_k=cfg.soft_label_top_k))
-        selection.accumulate(self._hist, [p.argmax()], [p.max()])
-        self._images += 1
+        label_stats.accumulate(self._hist, [p.argmax()], [p.max()])
       else:
         self._corrupt.append({
             "file": self._jobs[k].source, "index": self._index,
@@ -420,18 +417,6 @@ def label_files_resilient(jobs, teacher, cfg, settings, progress, after_file=Non
 # --------------------------------------------------------------------------- a shard
 
 
-def _sparse(histogram: np.ndarray) -> list:
-  c, b = np.nonzero(histogram)
-  return [[int(i), int(j), int(histogram[i, j])] for i, j in zip(c, b)]
-
-
-def _dense(triples: list, num_classes: int) -> np.ndarray:
-  h = selection.new_histogram(num_classes)
-  for c, b, n in triples:
-    h[c, b] = n
-  return h
-
-
 def check_inputs(files: list[str]) -> None:
   """One output per input basename: two inputs with one basename would collide."""
   seen = {}
@@ -449,35 +434,13 @@ def _pin_run(cfg: "LabelConfig", settings: dict, files: list[str]) -> tuple[str,
   A directory from before that file may hold stats of another run: refused too.
   Returns the settings file's path and its expected content.
   """
-  run = {"format": selection.LABEL_SETTINGS_FORMAT, "settings": settings,
-         "num_shards": cfg.num_shards,
-         # Basenames (unique, check_inputs): the same inputs from another mount or
-         # working directory are the same inputs.
-         "input_files": job_io.fingerprint([os.path.basename(f) for f in files])}
-  path = os.path.join(cfg.output_dir, selection.LABEL_SETTINGS)
+  # Basenames (unique, check_inputs) identify the inputs.
+  run = label_stats.run_settings(settings, cfg.num_shards,
+                                 [os.path.basename(f) for f in files])
+  path = os.path.join(cfg.output_dir, label_stats.LABEL_SETTINGS)
   if not tf.io.gfile.exists(path):
-    for stats_path in sorted(tf.io.gfile.glob(os.path.join(cfg.output_dir,
-                                                           "stats-*-of-*.json"))):
-      if not selection.is_label_stats_name(os.path.basename(stats_path)):
-        continue
-      stats = fileio.read_json(stats_path)
-      if stats["num_shards"] != cfg.num_shards or stats["settings"] != settings:
-        raise ValueError(
-            f"{stats_path}: stats of an earlier labelling run with other settings "
-            f"({job_io.settings_diff(stats['settings'], settings)}; num_shards "
-            f"{stats['num_shards']} vs {cfg.num_shards}); use a fresh --output_dir or "
-            "delete this one")
+    label_stats.check_earlier_stats(cfg.output_dir, cfg.num_shards, settings)
   return path, job_io.pin_settings(path, run, "predictions")
-
-
-def _load_done(path: str, settings: dict) -> dict | None:
-  if not tf.io.gfile.exists(path):
-    return None
-  done = fileio.read_json(path)
-  if done["settings"] != settings:
-    raise ValueError(f"{path} was labelled with other settings ({done['settings']}) than "
-                     f"now ({settings}); use a fresh --output_dir")
-  return done
 
 
 def run_labeling(cfg: LabelConfig, strategy: tf.distribute.Strategy | None = None,
@@ -502,14 +465,14 @@ def run_labeling(cfg: LabelConfig, strategy: tf.distribute.Strategy | None = Non
     raise ValueError(f"soft_label_top_k {cfg.soft_label_top_k} >= num_classes "
                      f"{teacher.num_classes}: use 0 for the full vector")
   settings = cfg.settings(teacher.config, teacher.weights_fingerprint())
-  tf.io.gfile.makedirs(os.path.join(cfg.output_dir, FILES_DIR))
+  tf.io.gfile.makedirs(os.path.join(cfg.output_dir, label_stats.FILES_DIR))
   pinned_path, pinned = _pin_run(cfg, settings, files)
   mine = pipeline.shard_files(files, cfg.shard_index, cfg.num_shards)
   names = [os.path.basename(f) for f in mine]
-  done_paths = [os.path.join(cfg.output_dir, FILES_DIR, n + ".json") for n in names]
+  done_paths = [label_stats.file_stats_path(cfg.output_dir, n) for n in names]
   todo = [(f, n, d) for f, n, d in zip(mine, names, done_paths)
-          if _load_done(d, settings) is None]
-  for directory in (cfg.output_dir, os.path.join(cfg.output_dir, FILES_DIR)):
+          if label_stats.read_file_stats(d, settings) is None]
+  for directory in (cfg.output_dir, os.path.join(cfg.output_dir, label_stats.FILES_DIR)):
     job_io.remove_stale_temporaries(directory)  # Never a live job's (job_io.is_stale).
   job_io.say(f"shard {cfg.shard_index}/{cfg.num_shards}: {len(mine)} of {len(files)} "
              f"input files, {len(mine) - len(todo)} already done; teacher "
@@ -534,23 +497,14 @@ def _label_files(todo, teacher, cfg, settings, after_file) -> None:
 
 
 def _write_shard_stats(cfg, settings, num_classes, mine, done_paths) -> dict:
-  hist, files, corrupt, seconds = selection.new_histogram(num_classes), [], [], 0.0
-  for path, done_path in zip(mine, done_paths):
-    done = fileio.read_json(done_path)
-    hist += _dense(done["histogram_sparse"], num_classes)
-    files.append({"input": path, "output": done["output"], "num_images": done["num_images"],
-                  "num_corrupt": done["num_corrupt"]})
-    corrupt.extend(done["corrupt"])
-    seconds += done["seconds"]
-  stats = selection.make_label_stats(shard_index=cfg.shard_index,
-                                     num_shards=cfg.num_shards, histogram=hist,
-                                     files=files, corrupt=corrupt, settings=settings)
-  stats["seconds"] = round(seconds, 3)
+  stats = label_stats.merge_file_stats(
+      shard_index=cfg.shard_index, num_shards=cfg.num_shards, settings=settings,
+      num_classes=num_classes, inputs=mine,
+      file_stats=[fileio.read_json(p) for p in done_paths])
   stats["teacher"] = cfg.teacher  # Provenance only, as given: settings pin its weights.
   path = os.path.join(cfg.output_dir,
-                      selection.label_stats_name(cfg.shard_index, cfg.num_shards))
-  selection.write_label_stats(path, stats)
+                      label_stats.label_stats_name(cfg.shard_index, cfg.num_shards))
+  label_stats.write_label_stats(path, stats)
   job_io.say(f"shard {cfg.shard_index}: {stats['num_images']:,} images, "
              f"{stats['num_corrupt']} corrupt; stats in {path}")
   return stats
-

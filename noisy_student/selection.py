@@ -4,10 +4,11 @@ and balancing"; the official filter_unlabel.py).
 Two passes, each one runs as independent jobs:
 
 * **Pass 1** (`plan_selection`) reads only the per-shard stats files that
-  `noisy_student.label` writes: per class, a histogram of the teacher's confidence at
-  0.01 resolution. For every class it walks the threshold t down from 1.00 to
-  `min_threshold` and stops at the first t where `count(confidence >= t) >= K`
-  (`images_per_class`); if none does, t = `min_threshold`. The copy factor is
+  `noisy_student.label` writes (noisy_student/label_stats.py): per class, a histogram
+  of the teacher's confidence at 0.01 resolution. For every class it walks the
+  threshold t down from 1.00 to `min_threshold` and stops at the first t where
+  `count(confidence >= t) >= K` (`images_per_class`); if none does, t =
+  `min_threshold`. The copy factor is
   `x = K / count(confidence >= t)` (capped at 1 without upsampling): classes with too many
   confident images are down-sampled to ~K, keeping the most confident, classes with too
   few are duplicated.
@@ -54,7 +55,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import time
@@ -65,201 +65,44 @@ import tensorflow as tf
 from data import fileio
 from data import schema
 from noisy_student import job_io
+from noisy_student import label_stats
 from noisy_student import selection_samples
 
-NUM_BINS = 101  # Thresholds 0.00, 0.01, ..., 1.00.
-STATS_FORMAT = "noisy_student.label.stats/1"
 SELECT_STATS_FORMAT = "noisy_student.select.stats/1"
-LABEL_SETTINGS = "label-settings.json"
-LABEL_SETTINGS_FORMAT = "noisy_student.label.settings/1"
 SELECT_SETTINGS = "select-settings.json"
 SELECT_SETTINGS_FORMAT = "noisy_student.select.settings/1"
 _HASH_BUCKETS = 2**53  # u = hash / 2**53 is an exact float64 in [0, 1).
 _KEY_BUCKETS = 2**62   # Key fingerprints for the duplicate check.
 _KEY_PARTITIONS = 64   # The cross-shard check holds 1/64 of all fingerprints at a time.
 
+# Pass 1's input, the labeller's stats, is defined in label_stats; these names stay
+# importable from here for older callers (bench/selection.py).
+NUM_BINS = label_stats.NUM_BINS
+STATS_FORMAT = label_stats.STATS_FORMAT
+LABEL_SETTINGS = label_stats.LABEL_SETTINGS
+LABEL_SETTINGS_FORMAT = label_stats.LABEL_SETTINGS_FORMAT
+LabelStats = label_stats.LabelStats
+confidence_bins = label_stats.confidence_bins
+new_histogram = label_stats.new_histogram
+accumulate = label_stats.accumulate
+label_stats_name = label_stats.label_stats_name
+is_label_stats_name = label_stats.is_label_stats_name
+make_label_stats = label_stats.make_label_stats
+write_label_stats = label_stats.write_label_stats
+read_label_stats = label_stats.read_label_stats
+
 
 class EmptySelectionError(ValueError):
   """Nothing to train the student on: no prediction passes, or nothing was written."""
-_STATS_RE = re.compile(r"^stats-(\d{5})-of-(\d{5})\.json$")
-
-
-# --------------------------------------------------------------------------- stats
-
-
-def label_stats_name(shard_index: int, num_shards: int) -> str:
-  return f"stats-{shard_index:05d}-of-{num_shards:05d}.json"
-
-
-def is_label_stats_name(name: str) -> bool:
-  return bool(_STATS_RE.match(name))
 
 
 def select_stats_name(shard_index: int, num_shards: int) -> str:
   return f"select-stats-{shard_index:05d}-of-{num_shards:05d}.json"
 
 
-_BIN_EDGES = (np.arange(NUM_BINS) / 100.0).astype(np.float32)
-
-
-def confidence_bins(confidence) -> np.ndarray:
-  """Histogram bin of each confidence: the largest b with c >= float32(b / 100).
-
-  Args:
-    confidence: [n] float32 confidences (other dtypes are cast to float32) in [0, 1].
-  Returns:
-    [n] int64 bins in [0, 100] (values below 0 go to bin 0).
-  """
-  c = np.asarray(confidence, dtype=np.float32)
-  bins = np.searchsorted(_BIN_EDGES, c, side="right") - 1
-  return np.maximum(bins, 0).astype(np.int64)
-
-
-def new_histogram(num_classes: int) -> np.ndarray:
-  return np.zeros([num_classes, NUM_BINS], np.int64)
-
-
-def accumulate(histogram: np.ndarray, labels, confidence) -> None:
-  """Adds images (predicted class `labels` [n] int, `confidence` [n]) to [C, 101]."""
-  np.add.at(histogram, (np.asarray(labels, np.int64), confidence_bins(confidence)), 1)
-
-
 def at_least(histogram: np.ndarray) -> np.ndarray:
   """[C, 101] counts of images with confidence >= t/100 (reverse cumulative sum)."""
   return np.cumsum(histogram[:, ::-1], axis=1)[:, ::-1]
-
-
-def make_label_stats(*, shard_index: int, num_shards: int, histogram: np.ndarray,
-                     files: list[dict], corrupt: list[dict], settings: dict) -> dict:
-  """The stats file of one labelling shard (written by noisy_student.label).
-
-  Args:
-    histogram: [C, 101] int counts per predicted class and confidence bin.
-    files: per input file {"input": path, "output": basename in the same directory as
-      the stats file, "num_images": int, "num_corrupt": int}.
-    corrupt: {"file", "index", "id", "error"} per corrupt record (not in any output).
-    settings: teacher, temperature, storage, ... (recorded for provenance).
-  """
-  histogram = np.asarray(histogram, np.int64)
-  return {
-      "format": STATS_FORMAT, "shard_index": shard_index, "num_shards": num_shards,
-      "num_classes": int(histogram.shape[0]), "num_images": int(histogram.sum()),
-      "num_corrupt": len(corrupt), "settings": settings,
-      "bin_rule": "bin = largest b in 0..100 with float32(confidence) >= "
-                  "float32(b / 100); count(confidence >= b/100) = sum(histogram[c][b:])",
-      "class_counts": histogram.sum(axis=1).tolist(), "files": files,
-      "corrupt_records": corrupt, "histogram": histogram.tolist()}
-
-
-def write_label_stats(path: str, stats: dict) -> None:
-  job_io.write_text_atomic(path, dumps_compact(stats))
-
-
-@dataclasses.dataclass
-class LabelStats:
-  """What pass 1 knows about one labelling run (summed over its stats files)."""
-  histogram: np.ndarray            # [C, 101] int64
-  files: list[str]                 # prediction TFRecords, absolute, sorted
-  num_corrupt: int
-  num_shards: int
-  stats_files: list[str]
-
-  @property
-  def num_classes(self) -> int:
-    return self.histogram.shape[0]
-
-
-def _stats_paths(predictions: str) -> tuple[list[str], set[str] | None]:
-  """Stats files for a directory, or for the directories of a pattern's matches."""
-  if tf.io.gfile.isdir(predictions):
-    return tf.io.gfile.glob(os.path.join(predictions, "stats-*-of-*.json")), None
-  matched = set(fileio.list_files(predictions))
-  dirs = sorted(set(os.path.dirname(f) for f in matched))
-  paths = []
-  for d in dirs:
-    paths.extend(tf.io.gfile.glob(os.path.join(d, "stats-*-of-*.json")))
-  return paths, matched
-
-
-def read_label_stats(predictions: str) -> LabelStats:
-  """Pass 1 input: sums the stats files of a labelling run; reads no records.
-
-  Args:
-    predictions: the labelling output directory, or a glob (or comma-separated globs)
-      of prediction TFRecords; their stats files are found in the same directories and
-      must describe exactly the matched files.
-  Raises:
-    ValueError: no stats files, a missing shard, mixed class counts, stats of two
-      labelling runs in one directory, sharpened predictions (T != 1), or stats that
-      do not describe the matched files.
-  """
-  paths, matched = _stats_paths(predictions)
-  paths = sorted(p for p in paths if _STATS_RE.match(os.path.basename(p)))
-  if not paths:
-    raise ValueError(f"no label stats files (stats-*-of-*.json) for {predictions!r}: "
-                     "run noisy_student.label on every shard first")
-  hist, files, corrupt, runs = None, [], 0, {}
-  for path in paths:
-    stats = fileio.read_json(path)
-    if stats.get("format") != STATS_FORMAT:
-      raise ValueError(f"{path}: not a {STATS_FORMAT} file")
-    _check_temperature(path, stats.get("settings") or {})
-    h = np.asarray(stats["histogram"], np.int64)
-    if hist is None:
-      hist = np.zeros_like(h)
-    if h.shape != hist.shape:
-      raise ValueError(f"{path}: histogram shape {h.shape} != {hist.shape} "
-                       "(stats from teachers with different class counts)")
-    hist += h
-    corrupt += int(stats["num_corrupt"])
-    directory = os.path.dirname(path)
-    files.extend(os.path.join(directory, f["output"]) for f in stats["files"])
-    runs.setdefault(directory, []).append((path, stats))
-  total_shards = sum(_check_one_run(d, run) for d, run in runs.items())
-  repeated = sorted(f for f, n in collections.Counter(files).items() if n > 1)
-  if repeated:
-    raise ValueError(f"prediction files listed by two stats files: {repeated[:3]}")
-  files = sorted(files)
-  if matched is not None and set(files) != matched:
-    extra = sorted(matched - set(files))[:3]
-    lacking = sorted(set(files) - matched)[:3]
-    raise ValueError(f"{predictions!r} does not match the files the stats describe "
-                     f"(matched but not in stats: {extra}; in stats but not matched: "
-                     f"{lacking}); pass the prediction directory instead")
-  return LabelStats(hist, files, corrupt, total_shards, paths)
-
-
-def _check_temperature(path: str, settings: dict) -> None:
-  t = float(settings.get("temperature", 1.0))
-  if t != 1.0:
-    raise ValueError(f"{path}: predictions sharpened at temperature {t:g}; selection "
-                     "filters on the teacher's T = 1 confidence: relabel them, and pass "
-                     "the temperature to noisy_student.train --teacher_temperature")
-
-
-def _check_one_run(directory: str, run: list) -> int:
-  """The stats files of one directory form one complete labelling run; its shards."""
-  pinned_path = os.path.join(directory, LABEL_SETTINGS)
-  pinned = fileio.read_json(pinned_path) if tf.io.gfile.exists(pinned_path) else None
-  for path, stats in run:
-    if pinned is not None and stats["num_shards"] != pinned["num_shards"]:
-      raise ValueError(f"{path}: stats of a labelling run with {stats['num_shards']} "
-                       f"shards, but {pinned_path} says {pinned['num_shards']}: a stale "
-                       "file of an earlier run; label into a fresh directory")
-    if pinned is not None and stats["settings"] != pinned["settings"]:
-      raise ValueError(f"{path}: made with other settings than {pinned_path} "
-                       f"({job_io.settings_diff(pinned['settings'], stats['settings'])})")
-  counts = sorted({stats["num_shards"] for _, stats in run})
-  if len(counts) > 1:
-    raise ValueError(f"{directory} holds stats of two labelling runs (with "
-                     f"{' and '.join(map(str, counts))} shards): their predictions would "
-                     "be counted twice; label into a fresh directory")
-  n = counts[0]
-  missing = sorted(set(range(n)) - {stats["shard_index"] for _, stats in run})
-  if missing:
-    raise ValueError(f"{directory}: stats for shards {missing[:10]} of {n} are missing "
-                     "(labelling incomplete)")
-  return n
 
 
 # --------------------------------------------------------------------------- pass 1
@@ -370,7 +213,7 @@ def num_copies(plan: Plan, labels, confidence, uniforms) -> np.ndarray:
     [n] int64 copies (0 = dropped).
   """
   labels = np.asarray(labels, np.int64)
-  keep = confidence_bins(confidence) >= plan.threshold_bin[labels]
+  keep = label_stats.confidence_bins(confidence) >= plan.threshold_bin[labels]
   x = np.where(keep, plan.copy_factor[labels], 0.0)
   whole = np.floor(x)
   return (whole + (np.asarray(uniforms) < (x - whole))).astype(np.int64)
@@ -551,7 +394,7 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
                          f"[0, {num_classes}) in {files}: not a prediction file?")
       copies = num_copies(plan, labels, confidence, uniforms)
       read += np.bincount(labels, minlength=num_classes)
-      passed = confidence_bins(confidence) >= plan.threshold_bin[labels]
+      passed = label_stats.confidence_bins(confidence) >= plan.threshold_bin[labels]
       above += np.bincount(labels[passed], minlength=num_classes)
       selected += np.bincount(labels[copies > 0], minlength=num_classes)
       written += np.bincount(labels, weights=copies, minlength=num_classes).astype(np.int64)
@@ -583,15 +426,16 @@ def output_names(shard_index: int, num_shards: int, files_per_shard: int) -> lis
 _COUNT_KEYS = ("read", "above_threshold", "selected", "written")
 
 
-def summarize(plan: Plan, label_stats: LabelStats, shard_stats: list[dict] | None) -> dict:
+def summarize(plan: Plan, stats: label_stats.LabelStats,
+              shard_stats: list[dict] | None) -> dict:
   """selection.json: the plan, and the actual counts once every shard has finished.
 
   Per-class lists (index = class) are top-level keys, one line each on disk.
   """
   summary = {"format": "noisy_student.select.summary/1", "complete": shard_stats is not None,
-             "num_prediction_files": len(label_stats.files),
-             "num_label_shards": label_stats.num_shards,
-             "num_corrupt_in_labelling": label_stats.num_corrupt}
+             "num_prediction_files": len(stats.files),
+             "num_label_shards": stats.num_shards,
+             "num_corrupt_in_labelling": stats.num_corrupt}
   summary.update(plan.to_json())
   if shard_stats is not None:
     for key in _COUNT_KEYS:
@@ -665,13 +509,6 @@ def plot_summary(plan: Plan, path: str, actual_written=None) -> None:
   plt.close(fig)
 
 
-def dumps_compact(obj: dict) -> str:
-  """JSON with one line per top-level key: per-class lists stay on one line each."""
-  lines = [f"  {json.dumps(k)}: {json.dumps(v, separators=(',', ':'), sort_keys=True)}"
-           for k, v in obj.items()]
-  return "{\n" + ",\n".join(lines) + "\n}\n"
-
-
 # --------------------------------------------------------------------------- driver
 
 
@@ -702,7 +539,8 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
 
   Raises:
     ValueError: bad shard numbers; stats that do not form one labelling run (see
-      `read_label_stats`); an output directory of other settings; duplicate keys.
+      `label_stats.read_label_stats`); an output directory of other settings;
+      duplicate keys.
     EmptySelectionError: no prediction reaches its class's threshold, or (once all
       shards are done) nothing was written.
   """
@@ -711,7 +549,7 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
                      f"{job.num_shards}")
   if job.files_per_shard < 1:
     raise ValueError(f"num_output_shards must be >= 1, got {job.files_per_shard}")
-  stats = read_label_stats(job.predictions)
+  stats = label_stats.read_label_stats(job.predictions)
   plan = plan_selection(stats.histogram, config)
   tf.io.gfile.makedirs(job.output_dir)
   job_io.remove_stale_temporaries(job.output_dir)   # A killed run's leftovers.
@@ -738,7 +576,8 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
   return _maybe_complete(job, plan, stats)
 
 
-def _identity(job: SelectJob, config: SelectionConfig, stats: LabelStats) -> dict:
+def _identity(job: SelectJob, config: SelectionConfig,
+              stats: label_stats.LabelStats) -> dict:
   """What a shard's outputs depend on. Prediction files are named by their directory's
   basename and their own, so a rerun from another working directory or mount (the same
   files under another prefix) is the same selection."""
@@ -804,7 +643,7 @@ def _select_one_shard(job, plan, stats, identity, marker, files) -> None:
             **{k: counts[k].tolist() for k in _COUNT_KEYS}, "seconds": round(seconds, 3),
             "records_per_second": round(int(counts["read"].sum()) / max(seconds, 1e-9), 1),
             "keys_file": keys_name, "key_offsets": offsets}
-  job_io.write_text_atomic(marker, dumps_compact(record))
+  job_io.write_text_atomic(marker, job_io.dumps_compact(record))
   job_io.say(f"shard {job.shard_index}: read {int(counts['read'].sum()):,}, selected "
              f"{int(counts['selected'].sum()):,}, wrote {int(counts['written'].sum()):,} "
              f"records into {len(names)} file(s) in {seconds:.1f}s")
@@ -872,7 +711,7 @@ def _write_summary(job, plan, stats, shard_stats) -> dict:
         os.path.join(job.output_dir, "samples.png"), stats.num_classes)
     summary["samples_png"] = {"classes": classes, "images": shown}
   job_io.write_text_atomic(os.path.join(job.output_dir, "selection.json"),
-                           dumps_compact(summary))
+                           job_io.dumps_compact(summary))
   plot_summary(plan, os.path.join(job.output_dir, "selection.png"),
                actual_written=summary.get("actual_written"))
   return summary

@@ -16,8 +16,8 @@ from data import fileio
 from data import schema
 from noisy_student import job_io
 from noisy_student import labeling
+from noisy_student import label_stats
 from noisy_student import model_io
-from noisy_student import selection
 
 C = 5
 SIZE = 32
@@ -86,7 +86,7 @@ def test_shards_cover_every_record_once_with_source_bytes(world, tmp_path):
   assert sorted(ids) == sorted(records)                       # each exactly once
   assert sum(s["num_images"] for s in stats) == len(records)
   assert sorted(f["output"] for s in stats for f in s["files"]) == sorted(outputs)
-  hist = selection.new_histogram(C)
+  hist = label_stats.new_histogram(C)
   for recs in outputs.values():
     for s in recs:
       out = _features(s)
@@ -98,7 +98,7 @@ def test_shards_cover_every_record_once_with_source_bytes(world, tmp_path):
       np.testing.assert_allclose(out[schema.PSEUDO_PROBS].float_list.value, probs,
                                  atol=1e-5)
       assert out[schema.PSEUDO_LABEL].int64_list.value[0] == probs.argmax()
-      selection.accumulate(hist, [out[schema.PSEUDO_LABEL].int64_list.value[0]],
+      label_stats.accumulate(hist, [out[schema.PSEUDO_LABEL].int64_list.value[0]],
                            [out[schema.PSEUDO_CONFIDENCE].float_list.value[0]])
   np.testing.assert_array_equal(np.sum([s["histogram"] for s in stats], axis=0), hist)
   corrupt = [c for s in stats for c in s["corrupt_records"]]
@@ -106,7 +106,7 @@ def test_shards_cover_every_record_once_with_source_bytes(world, tmp_path):
   assert [(os.path.basename(c["file"]), c["index"], c["id"]) for c in corrupt] == [
       ("unlabeled-00001.tfrecord", 4, "bad-image"), ("unlabeled-00001.tfrecord", 5, "")]
   # The selection step reads these stats as they are.
-  assert selection.read_label_stats(str(tmp_path)).histogram.sum() == len(records)
+  assert label_stats.read_label_stats(str(tmp_path)).histogram.sum() == len(records)
 
 
 def test_more_shards_than_files(world, tmp_path):
@@ -189,7 +189,7 @@ def test_truncated_file_is_labelled_up_to_the_break(world, tmp_path):
   assert len(_outputs(tmp_path / "out")) == 0                   # named cut.tfrecord
   assert sum(1 for _ in tf.data.TFRecordDataset(str(tmp_path / "out" / "cut.tfrecord"))) == 3
   assert sorted(os.listdir(tmp_path / "out")) == [
-      "_files", "cut.tfrecord", selection.LABEL_SETTINGS, "stats-00000-of-00001.json"]
+      "_files", "cut.tfrecord", label_stats.LABEL_SETTINGS, "stats-00000-of-00001.json"]
 
 
 def test_bad_inputs_fail_before_work(world, tmp_path):
@@ -244,7 +244,7 @@ def test_rerun_with_other_shard_count_or_teacher_is_refused(world, tmp_path):
   assert sorted(glob.glob(str(out / "stats-*"))) == [str(out / "stats-00000-of-00002.json")]
   labeling.run_labeling(_config(world, out, shard_index=1, num_shards=2))  # same: fine
   # A directory labelled before the settings file existed: its stats name the run.
-  os.remove(out / selection.LABEL_SETTINGS)
+  os.remove(out / label_stats.LABEL_SETTINGS)
   with pytest.raises(ValueError, match=r"stats-00000-of-00002\.json"):
     labeling.run_labeling(_config(world, out, shard_index=0, num_shards=4))
 

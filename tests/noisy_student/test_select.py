@@ -13,6 +13,7 @@ from data import pipeline
 
 from data import schema
 from noisy_student import job_io
+from noisy_student import label_stats
 from noisy_student import selection
 from noisy_student import selection_samples
 
@@ -21,7 +22,7 @@ NUM_CLASSES = 4
 
 def _hist(rows):
   """rows: {class: {bin: count}} -> [NUM_CLASSES, 101]."""
-  h = selection.new_histogram(NUM_CLASSES)
+  h = label_stats.new_histogram(NUM_CLASSES)
   for c, bins in rows.items():
     for b, n in bins.items():
       h[c, b] = n
@@ -34,9 +35,9 @@ def _hist(rows):
 def test_confidence_bins_follow_float32_values():
   conf = np.array([0.0, 0.005, 0.29, 0.3, 0.999, 1.0], np.float32)
   # Compared in float32: a confidence stored as 0.29 passes the threshold 0.29.
-  np.testing.assert_array_equal(selection.confidence_bins(conf), [0, 0, 29, 30, 99, 100])
+  np.testing.assert_array_equal(label_stats.confidence_bins(conf), [0, 0, 29, 30, 99, 100])
   below = np.nextafter(np.float32(0.29), np.float32(0))
-  assert selection.confidence_bins([below, 1.5, -0.1]).tolist() == [28, 100, 0]
+  assert label_stats.confidence_bins([below, 1.5, -0.1]).tolist() == [28, 100, 0]
 
 
 def test_thresholds_walk_down_from_one():
@@ -104,7 +105,7 @@ def test_stochastic_rounding_is_unbiased_and_keyed_on_id():
 def _write_predictions(directory, per_file, seed=0, num_shards=1):
   """Prediction TFRecords + label stats; returns {serialized: (label, conf)}."""
   rng = np.random.default_rng(seed)
-  records, files, hist = {}, [], selection.new_histogram(NUM_CLASSES)
+  records, files, hist = {}, [], label_stats.new_histogram(NUM_CLASSES)
   for f, n in enumerate(per_file):
     name = f"pred-{f:03d}.tfrecord"
     with tf.io.TFRecordWriter(os.path.join(directory, name)) as w:
@@ -118,16 +119,16 @@ def _write_predictions(directory, per_file, seed=0, num_shards=1):
         s = schema.make_example(feats).SerializeToString()
         w.write(s)
         records[s] = (label, np.float32(probs.max()))
-        selection.accumulate(hist, [label], [np.float32(probs.max())])
+        label_stats.accumulate(hist, [label], [np.float32(probs.max())])
     files.append({"input": f"in-{f}", "output": name, "num_images": n, "num_corrupt": 0})
   # Split files over `num_shards` label stats files, the histogram on shard 0.
   for i in range(num_shards):
     part = hist if i == 0 else np.zeros_like(hist)
-    stats = selection.make_label_stats(shard_index=i, num_shards=num_shards,
+    stats = label_stats.make_label_stats(shard_index=i, num_shards=num_shards,
                                        histogram=part, files=files[i::num_shards],
                                        corrupt=[], settings={})
-    selection.write_label_stats(
-        os.path.join(directory, selection.label_stats_name(i, num_shards)), stats)
+    label_stats.write_label_stats(
+        os.path.join(directory, label_stats.label_stats_name(i, num_shards)), stats)
   return records
 
 
@@ -221,7 +222,7 @@ def test_errors(predictions, tmp_path):
   partial = tmp_path / "partial"
   partial.mkdir()
   _write_predictions(str(partial), [5, 5], num_shards=2)
-  os.remove(partial / selection.label_stats_name(1, 2))
+  os.remove(partial / label_stats.label_stats_name(1, 2))
   with pytest.raises(ValueError, match=r"shards \[1\] of 2 are missing"):
     _run(partial, tmp_path / "e")
   _run(pred, tmp_path / "s")
@@ -272,22 +273,22 @@ def _write_records(path, rows):
 
 def _write_stats(directory, files, num_shards=1, settings=None):
   """Label stats for prediction files {name: rows}, all on shard 0's histogram."""
-  hist = selection.new_histogram(NUM_CLASSES)
+  hist = label_stats.new_histogram(NUM_CLASSES)
   entries = []
   for name, rows in files.items():
     _write_records(os.path.join(directory, name), rows)
     for label, conf, _, _ in rows:
       probs = np.full(NUM_CLASSES, (1 - conf) / (NUM_CLASSES - 1))
       probs[label] = conf
-      selection.accumulate(hist, [label], [np.float32(probs.max())])
+      label_stats.accumulate(hist, [label], [np.float32(probs.max())])
     entries.append({"input": name, "output": name, "num_images": len(rows),
                     "num_corrupt": 0})
   for i in range(num_shards):
-    stats = selection.make_label_stats(
+    stats = label_stats.make_label_stats(
         shard_index=i, num_shards=num_shards, histogram=hist if i == 0 else hist * 0,
         files=entries[i::num_shards], corrupt=[], settings=settings or {})
-    selection.write_label_stats(
-        os.path.join(directory, selection.label_stats_name(i, num_shards)), stats)
+    label_stats.write_label_stats(
+        os.path.join(directory, label_stats.label_stats_name(i, num_shards)), stats)
 
 
 def test_exact_written_count_from_per_record_draws(predictions, tmp_path):
@@ -364,8 +365,8 @@ def test_stale_label_stats_of_another_shard_count_are_refused(tmp_path):
   with pytest.raises(ValueError, match=r"two labelling runs.*1 and 2 shards"):
     _run(pred, tmp_path / "sel", k=5)
   # With the labelling run's settings file, the stats that do not belong to it are named.
-  fileio.write_json_atomic(str(pred / selection.LABEL_SETTINGS),
-                           {"format": selection.LABEL_SETTINGS_FORMAT,
+  fileio.write_json_atomic(str(pred / label_stats.LABEL_SETTINGS),
+                           {"format": label_stats.LABEL_SETTINGS_FORMAT,
                             "settings": {}, "num_shards": 2})
   with pytest.raises(ValueError, match=r"stats-00000-of-00001\.json.*1 shards.*2"):
     _run(pred, tmp_path / "sel", k=5)
@@ -474,11 +475,11 @@ def test_samples_png_has_one_row_per_class_of_distinct_selected_images(tmp_path)
   # Class 0: 12 images, class 1: 3 (upsampled to K), class 2: 1, class 3: none.
   rows = [(0, 0.9, 0)] * 12 + [(1, 0.8, 0)] * 3 + [(2, 0.7, 2)]
   _write_images(pred / "p.tfrecord", rows)
-  hist = selection.new_histogram(NUM_CLASSES)
+  hist = label_stats.new_histogram(NUM_CLASSES)
   for label, conf, _ in rows:
-    selection.accumulate(hist, [label], [np.float32(conf)])
-  selection.write_label_stats(str(pred / selection.label_stats_name(0, 1)),
-                              selection.make_label_stats(
+    label_stats.accumulate(hist, [label], [np.float32(conf)])
+  label_stats.write_label_stats(str(pred / label_stats.label_stats_name(0, 1)),
+                              label_stats.make_label_stats(
                                   shard_index=0, num_shards=1, histogram=hist,
                                   files=[{"input": "p", "output": "p.tfrecord",
                                           "num_images": len(rows), "num_corrupt": 0}],
