@@ -1,5 +1,10 @@
-"""The evaluation suites of noisy_student.evaluate and the pieces they share.
+"""The evaluation suites of noisy_student.evaluate, as plug-ins (after big_vision's evaluators).
 
+  registry.py     suite name -> Suite (suite.py: compute, table, plots, baseline, data)
+  clean.py        clean and imagenet_a (top-1 / top-5, masked class subset)
+  corruptions.py  ImageNet-C-style errors, CE / mCE
+  perturbations.py ImageNet-P-style flip probability, FR / mFR
+  adversarial.py  FGSM / PGD accuracy per epsilon
   sources.py      TFRecords or class folders as masked NumPy batches
   model.py        the loaded model (Evaluator)
   baselines.py    normalisation by a baseline model, AlexNet or nothing
