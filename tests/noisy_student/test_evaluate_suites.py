@@ -1,9 +1,11 @@
-"""The results.json of every suite keeps its keys (readers such as report.py depend on them).
+"""The suites as plug-ins: the registry, and the results.json keys every suite writes.
 
-Pinned before the suites moved out of noisy_student/evaluate.py into plug-ins; a key that
-appears or disappears here is a change of the output format, not a refactoring.
+The keys were pinned before the suites moved out of noisy_student/evaluate.py into
+noisy_student/evaluators/ (readers such as report.py depend on them); a key that appears
+or disappears here is a change of the output format, not a refactoring.
 """
 import pytest
+from absl import flags
 
 from tests.noisy_student.test_evaluate import corrupted  # noqa: F401  (fixture)
 from tests.noisy_student.test_evaluate import run
@@ -80,3 +82,41 @@ def test_per_class_adds_its_key_and_plot(setup):  # pylint: disable=redefined-ou
           "--per_class")
   assert set(r) == COMMON | KEYS["clean"] | {"per_class_top1"}
   assert r["plots"] == ["per_class.png"]
+
+
+def test_the_registry_holds_the_five_suites_in_flag_order():
+  from noisy_student import evaluate as ev
+  from noisy_student.evaluators import registry
+  from noisy_student.evaluators import suite as suite_lib
+  assert list(registry.SUITES) == ["clean", "imagenet_a", "corruptions", "perturbations",
+                                   "adversarial"]
+  assert ev.SUITES == tuple(registry.SUITES)
+  assert all(isinstance(s, suite_lib.Suite) for s in registry.SUITES.values())
+  assert [n for n, s in registry.SUITES.items() if not s.needs_clean_data] == ["corruptions"]
+  fv = flags.FlagValues()
+  ev.define_flags(fv)
+  assert fv["suite"].parser.enum_values == list(registry.SUITES)
+
+
+def test_a_new_suite_is_one_registry_entry(setup, monkeypatch):
+  """A plug-in computes its numbers, then renders them; evaluate adds the common keys."""
+  from noisy_student import evaluate as ev
+  from noisy_student.evaluators import registry
+  from noisy_student.evaluators import sources
+  from noisy_student.evaluators import suite as suite_lib
+
+  def compute(evaluator, baseline):
+    assert baseline is None
+    batches = evaluator.batches(sources.clean_source(evaluator.config))
+    return {"valid_rows": sum(int(b["valid"].sum()) for b in batches)}
+
+  toy = suite_lib.Suite(compute=compute, table=lambda r, b: f"## toy: {r['valid_rows']}",
+                        plots=lambda r, b: {"toy": lambda ax: ax.plot([0, r["valid_rows"]])})
+  monkeypatch.setitem(registry.SUITES, "toy", toy)
+  out = setup["root"] / "toy"
+  r = ev.evaluate(ev.EvalConfig(model=setup["model"], suite="toy", output_dir=str(out),
+                                data_pattern=setup["data"], batch_size=10))
+  assert r["valid_rows"] == 24 and r["data"] == setup["data"]
+  assert set(r) == COMMON - {"plots"} | {"valid_rows"}
+  assert "## toy: 24" in (out / "results.md").read_text()
+  assert (out / "toy.png").exists()
