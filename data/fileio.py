@@ -76,12 +76,15 @@ def is_temporary(path: str) -> bool:
 def list_files(pattern: str) -> list[str]:
   """Sorted matches of a glob pattern (or a comma-separated list of them).
 
+  A directory stands for the files in it (the official code's `--label_data_dir`).
   Leftover temporary files are excluded. Raises ValueError naming the pattern when
   nothing matches, so an empty or mistyped pattern fails before any work starts.
   """
   files = []
   for part in pattern.split(","):
     part = part.strip()
+    if part and not any(c in part for c in "*?[") and tf.io.gfile.isdir(part):
+      part = os.path.join(part, "*")
     if part:
       files.extend(f for f in tf.io.gfile.glob(part) if not is_temporary(f))
   files = sorted(set(files))

@@ -2,9 +2,12 @@
 
 Each stage is one or more `python -m ...` commands (labelling and selection run as N
 shard jobs, as they would on a cluster). A stage that succeeds writes a completion
-marker `workdir/.stages/<name>.json` holding the stage's key: a hash of its commands
+marker `workdir/.stages/<name>.json` holding the stage's key: a hash of its settings
 (with the workdir written as `$WORKDIR`, so a copied workdir keeps its finished stages)
-and of the keys of the stages it reads from. Rerunning the driver skips a stage whose
+and of the keys of the stages it reads from. A command whose settings are a dataclass
+(noisy_student/settings.py) is keyed on the settings it parses to, not on its spelling,
+and runs from a flagfile the driver writes (`workdir/flags/`); a marker written under
+older flag names is recognised by parsing its recorded commands again. Rerunning the driver skips a stage whose
 marker holds the same key. An unfinished stage with the same key resumes (the trainer
 from its last checkpoint, the labeller by skipping finished output files); a stage
 whose key changed (a setting changed, here or upstream) first deletes its outputs and
@@ -32,6 +35,7 @@ import sys
 import time
 from concurrent import futures
 
+from data import config_flags
 from data import fileio
 
 MARKER_DIR = ".stages"
@@ -75,6 +79,7 @@ class StageRunner:
     os.makedirs(os.path.join(workdir, MARKER_DIR), exist_ok=True)
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
     self.keys: dict[str, str] = {}  # Stage name -> key, for the stages seen so far.
+    self.ran: set[str] = set()  # The stages that (re)ran in this driver.
 
   def marker_path(self, name: str, suffix: str = "") -> str:
     return os.path.join(self.workdir, MARKER_DIR,
@@ -95,16 +100,36 @@ class StageRunner:
     return fileio.read_json(path) if os.path.exists(path) else {}
 
   def key(self, stage: Stage) -> str:
-    """Hash of the stage's commands and of the keys of the stages it reads from."""
+    """Hash of the stage's settings and of the keys of the stages it reads from."""
+    return self._key(stage, stage.commands, self.workdir)
+
+  def _key(self, stage: Stage, commands, workdir: str) -> str:
     missing = [name for name in stage.inputs if name not in self.keys]
     if missing:
       raise ValueError(f"stage {stage.name} reads from {missing}, which have not run "
                        "before it in the plan")
-    commands = [[arg.replace(self.workdir, "$WORKDIR") for arg in c] for c in stage.commands]
-    text = json.dumps({"commands": commands,
+    text = json.dumps({"commands": [_canonical(c, workdir) for c in commands],
                        "inputs": {name: self.keys[name] for name in stage.inputs}},
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+  def _same_settings_as_recorded(self, stage: Stage, key: str) -> bool:
+    """Whether the stage's finished run had these settings, spelled otherwise.
+
+    A marker from before a flag was renamed, or from a driver that wrote its flags in
+    another order, holds another key for the same settings: its recorded commands are
+    parsed again (renamed flags are aliases) and keyed as today. Only when none of the
+    stages it reads from ran again now: then their outputs are the ones it read.
+    """
+    marker = self.marker(stage.name)
+    if not marker.get("commands") or any(n in self.ran for n in stage.inputs):
+      return False
+    recorded = tuple(tuple(shlex.split(c)[2:]) for c in marker["commands"])
+    workdir = marker.get("workdir") or _recorded_workdir(stage, recorded, self.workdir)
+    try:
+      return workdir is not None and self._key(stage, recorded, workdir) == key
+    except Exception:  # A recorded flag that no longer parses: the settings differ.
+      return False
 
   def run(self, stage: Stage) -> bool:
     """Runs `stage` unless it finished with the same key. Returns True if it ran now."""
@@ -113,6 +138,14 @@ class StageRunner:
     if self._marker_key(stage.name) == key:
       print(f"[{stage.name}] done already, skipping", flush=True)
       return False
+    if self._same_settings_as_recorded(stage, key):
+      marker = self.marker(stage.name)
+      fileio.write_json_atomic(self.marker_path(stage.name), dict(
+          marker, key=key, workdir=self.workdir, rekeyed_from=marker["key"]))
+      print(f"[{stage.name}] done already (same settings, spelled as before), skipping",
+            flush=True)
+      return False
+    self.ran.add(stage.name)
     started = self._marker_key(stage.name, ".started")
     if started != key and (started or os.path.exists(self.marker_path(stage.name))):
       print(f"[{stage.name}] settings changed: deleting its old outputs", flush=True)
@@ -133,6 +166,7 @@ class StageRunner:
     fileio.write_json_atomic(self.marker_path(stage.name), {
         "stage": stage.name,
         "key": key,
+        "workdir": self.workdir,
         "git_commit": git_commit(),
         "commands": [display(c) for c in stage.commands],
         "seconds": round(seconds, 1),
@@ -150,7 +184,7 @@ class StageRunner:
 
   def _run_one(self, name: str, index: int, command: tuple[str, ...], stream: bool) -> None:
     log_path = os.path.join(self.workdir, "logs", f"{name.replace('/', '__')}.{index}.log")
-    argv = [self.python, "-m", *command]
+    argv = [self.python, "-m", *self._flagfile_command(name, index, command)]
     with open(log_path, "w") as log:
       process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  env=self.env, text=True, bufsize=1,
@@ -168,6 +202,18 @@ class StageRunner:
       raise RuntimeError(f"stage {name} failed (exit {returncode}): {display(command)}\n"
                          f"last lines of {log_path}:\n{tail}")
 
+  def _flagfile_command(self, name: str, index: int, command: tuple[str, ...]):
+    """A command whose settings are a dataclass runs from a flagfile written beside the
+    logs (`flags/<stage>.<i>.flags`, e.g. to rerun it by hand); others as they are."""
+    from noisy_student import settings  # The settings import TensorFlow.
+    if command[0] not in settings.COMMANDS:
+      return command
+    path = os.path.join(self.workdir, "flags", f"{name.replace('/', '__')}.{index}.flags")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fileio.write_text_atomic(path, f"# stage {name}: python -m {command[0]} "
+                             f"--flagfile={path}\n" + "".join(a + "\n" for a in command[1:]))
+    return (command[0], f"--flagfile={path}")
+
   def _record_commands(self, stage: Stage, key: str) -> None:
     path = os.path.join(self.workdir, "commands.sh")
     existing = open(path).read() if os.path.exists(path) else "#!/usr/bin/env bash\nset -e\n"
@@ -179,6 +225,35 @@ class StageRunner:
     if suffix:
       lines.append("wait\n")
     fileio.write_text_atomic(path, existing + "".join(lines))
+
+
+def _canonical(command: tuple[str, ...], workdir: str) -> list[str]:
+  """A command as its settings say it, with the workdir written as `$WORKDIR`.
+
+  A command whose settings are a dataclass (`settings.COMMANDS`) is parsed and written
+  again: only non-default settings, in a fixed order, under today's names. Others are
+  taken as spelled.
+  """
+  from noisy_student import settings  # The settings import TensorFlow.
+  module, args = command[0], list(command[1:])
+  cls = settings.COMMANDS.get(module)
+  if cls is not None:
+    args = config_flags.to_args(config_flags.parse_args(cls, args))
+  return [module] + [arg.replace(workdir, "$WORKDIR") for arg in args]
+
+
+def _recorded_workdir(stage: Stage, recorded, workdir: str) -> str | None:
+  """The workdir a marker without one was written in: where the stage's first output,
+  relative to today's workdir, sits in its recorded commands."""
+  for output in stage.outputs:
+    relative = os.path.relpath(output, workdir)
+    if relative.startswith(".."):
+      continue
+    for arg in (a for command in recorded for a in command):
+      at = arg.find("/" + relative)
+      if at > 0 and "=" in arg[:at]:
+        return arg[arg.index("=") + 1:at]
+  return None
 
 
 def git_commit() -> str | None:

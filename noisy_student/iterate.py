@@ -24,12 +24,14 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from data import config_flags
 from noisy_student import driver
+from noisy_student import settings as settings_lib
 
 FASHION_MNIST_TRAIN_IMAGES = 60000
 # noisy_student.train's defaults (official): schedule periods in labeled epochs.
-WARMUP_EPOCHS = 5.0
-LR_DECAY_EPOCHS = 2.4
+WARMUP_EPOCHS = config_flags.default(settings_lib.TrainSettings, "warmup_epochs")
+LR_DECAY_EPOCHS = config_flags.default(settings_lib.TrainSettings, "lr_decay_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +87,7 @@ class ExperimentConfig:
   parallel_jobs: int = 2
   min_threshold: float = 0.3
   images_per_class: int = 0  # 0: as many as the unlabeled set has per class on average
-  balance: bool = True
-  upsample: bool = True
+  balancing: str = "down_up"  # noisy_student.select --balancing
   train_upper_bound: bool = False
   upper_bound_train_steps: int = 0  # 0: student_train_steps
   upper_bound_batch_size: int = 0  # 0: batch_size
@@ -157,23 +158,34 @@ def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
   ]
 
 
-def _train_command(c: ExperimentConfig, model_dir: str, model: ModelSpec,
-                   noise: NoiseSpec, steps: int, train_pattern: str,
-                   extra: tuple[str, ...] = (), batch_size: int = 0) -> tuple[str, ...]:
-  return ("noisy_student.train", f"--model_dir={model_dir}",
-          f"--train_pattern={train_pattern}",
-          f"--eval_pattern={c.path('data', 'split')}/dev-*",
-          f"--num_classes={c.num_classes}", f"--image_size={c.image_size}",
-          "--small_image", f"--model_name={model.name}",
-          f"--width_coefficient={model.width}", f"--depth_coefficient={model.depth}",
-          f"--train_batch_size={batch_size or c.batch_size}", f"--train_steps={steps}",
-          f"--eval_every_steps={c.eval_every_steps}",
-          f"--augment={noise.augment}",
-          f"--randaugment_magnitude={noise.randaugment_magnitude}",
-          f"--randaugment_layers={noise.randaugment_layers}",
-          f"--dropout_rate={noise.dropout_rate}",
-          f"--stochastic_depth_rate={noise.stochastic_depth_rate}",
-          f"--seed={c.seed}") + extra + c.extra_train_flags
+def _command(module: str, settings) -> tuple[str, ...]:
+  return (module, *config_flags.to_args(settings))
+
+
+def _train_command(c: ExperimentConfig, settings: settings_lib.TrainSettings
+                   ) -> tuple[str, ...]:
+  """`python -m noisy_student.train` arguments of `settings` plus --extra_train_flags
+  (parsed here, so a mistyped one fails before any stage runs)."""
+  args = config_flags.to_args(settings) + list(c.extra_train_flags)
+  if c.extra_train_flags:
+    args = config_flags.to_args(config_flags.parse_args(settings_lib.TrainSettings, args))
+  return ("noisy_student.train", *args)
+
+
+def _train_settings(c: ExperimentConfig, model_dir: str, model: ModelSpec,
+                    noise: NoiseSpec, steps: int, train_pattern: str, batch_size: int = 0,
+                    **changes) -> settings_lib.TrainSettings:
+  """One model's training: this experiment's data, model, noise and schedule."""
+  return settings_lib.TrainSettings(
+      model_dir=model_dir, train_pattern=train_pattern,
+      eval_pattern=f"{c.path('data', 'split')}/dev-*", num_classes=c.num_classes,
+      image_size=c.image_size, small_image=True, model_name=model.name,
+      width_coefficient=model.width, depth_coefficient=model.depth,
+      train_batch_size=batch_size or c.batch_size, train_steps=steps,
+      eval_every_steps=c.eval_every_steps, augment=noise.augment,
+      randaugment_magnitude=noise.randaugment_magnitude,
+      randaugment_layers=noise.randaugment_layers, dropout_rate=noise.dropout_rate,
+      stochastic_depth_rate=noise.stochastic_depth_rate, seed=c.seed, **changes)
 
 
 def test_dir(model_dir: str) -> str:
@@ -198,9 +210,9 @@ def _test_stage(c: ExperimentConfig, name: str, model_dir: str,
 def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
   teacher = c.model_dir(0)
   return [
-      _train_stage("iter0/teacher", _train_command(
+      _train_stage("iter0/teacher", _train_command(c, _train_settings(
           c, teacher, c.teacher, c.noise, c.teacher_train_steps,
-          f"{c.path('data', 'split')}/labeled-*"), teacher, ("data/split",)),
+          f"{c.path('data', 'split')}/labeled-*")), teacher, ("data/split",)),
       _test_stage(c, "iter0/teacher_test", teacher, "iter0/teacher"),
   ]
 
@@ -220,10 +232,10 @@ def upper_bound_stages(c: ExperimentConfig) -> list[driver.Stage]:
   scale = c.num_labeled / c.num_train_images * stretch
   bound = c.path("upper_bound")
   return [
-      _train_stage("upper_bound/train", _train_command(
+      _train_stage("upper_bound/train", _train_command(c, _train_settings(
           c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
-          (f"--warmup_epochs={WARMUP_EPOCHS * scale:.6g}",
-           f"--lr_decay_epochs={LR_DECAY_EPOCHS * scale:.6g}"), batch),
+          batch, warmup_epochs=float(f"{WARMUP_EPOCHS * scale:.6g}"),
+          lr_decay_epochs=float(f"{LR_DECAY_EPOCHS * scale:.6g}"))),
           bound, ("data/records_train", "data/split")),
       _test_stage(c, "upper_bound/test", bound, "upper_bound/train"),
   ]
@@ -233,25 +245,20 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
   """Label with the previous model, select, train the student and its control, test."""
   teacher, student = c.model_dir(i - 1), c.model_dir(i)
   predictions, selected = c.path(f"iter{i}", "predictions"), c.path(f"iter{i}", "selected")
-  label = tuple((
-      "noisy_student.label", f"--teacher={teacher}",
-      f"--input_pattern={c.path('data', 'split')}/unlabeled-*",
-      f"--output_dir={predictions}", f"--shard_index={s}", f"--num_shards={c.label_shards}",
-      f"--num_classes={c.num_classes}")
-      + (("--noised",) if c.noised_teacher else ())
+  label = tuple(_command("noisy_student.label", settings_lib.LabelSettings(
+      teacher=teacher, unlabeled_pattern=f"{c.path('data', 'split')}/unlabeled-*",
+      output_dir=predictions, shard_index=str(s), num_shards=c.label_shards,
+      num_classes=c.num_classes, noised=c.noised_teacher))
       for s in range(c.label_shards))
-  select = tuple((
-      "noisy_student.select", f"--predictions={predictions}", f"--output_dir={selected}",
-      f"--min_threshold={c.min_threshold}", f"--images_per_class={c.images_per_class}",
-      f"--seed={c.seed + i}", f"--shard_index={s}", f"--num_shards={c.label_shards}")
-      + (() if c.balance else ("--no_balance",))
-      + (() if c.upsample else ("--no_upsample",))
+  select = tuple(_command("noisy_student.select", settings_lib.SelectSettings(
+      predictions_dir=predictions, output_dir=selected, min_threshold=c.min_threshold,
+      images_per_class=c.images_per_class, seed=c.seed + i, shard_index=str(s),
+      num_shards=c.label_shards, balancing=c.balancing))
       for s in range(c.label_shards))
-  unlabeled_augment = c.unlabeled_augment if c.student_noise else "none"
-  pseudo_labeled = (f"--unlabeled_pattern={selected}/*.tfrecord",
-                    f"--unlabeled_ratio={c.unlabeled_ratio}", f"--label_type={c.label_type}",
-                    f"--teacher_temperature={c.teacher_temperature}",
-                    f"--unlabeled_augment={unlabeled_augment}")
+  pseudo_labeled = dict(
+      unlabeled_pattern=f"{selected}/*.tfrecord", unlabeled_ratio=c.unlabeled_ratio,
+      label_type=c.label_type, teacher_temperature=c.teacher_temperature,
+      unlabeled_augment=c.unlabeled_augment if c.student_noise else "none")
   stages = [
       driver.Stage(f"iter{i}/label", label, parallel=c.parallel_jobs,
                    inputs=(model_stage(i - 1), "data/split"), outputs=(predictions,)),
@@ -272,7 +279,7 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
 
 
 def _student_command(c: ExperimentConfig, i: int, model_dir: str,
-                     pseudo_labeled: tuple[str, ...] = ()) -> tuple[str, ...]:
+                     pseudo_labeled: dict | None = None) -> tuple[str, ...]:
   """The student's training command; without `pseudo_labeled`, its control's.
 
   One function for both, so the control differs from the student only in the
@@ -280,9 +287,10 @@ def _student_command(c: ExperimentConfig, i: int, model_dir: str,
   epochs), noise on the labeled images, labeled batch and seed.
   """
   noise = c.noise if c.student_noise else NO_NOISE
-  init = (f"--init_from={c.model_dir(i - 1)}",) if c.init_student_from_teacher else ()
-  return _train_command(c, model_dir, c.student(i), noise, c.student_train_steps,
-                        f"{c.path('data', 'split')}/labeled-*", pseudo_labeled + init)
+  init = {"init_from": c.model_dir(i - 1)} if c.init_student_from_teacher else {}
+  return _train_command(c, _train_settings(
+      c, model_dir, c.student(i), noise, c.student_train_steps,
+      f"{c.path('data', 'split')}/labeled-*", **(pseudo_labeled or {}), **init))
 
 
 def _student_inputs(c: ExperimentConfig, i: int) -> tuple[str, ...]:

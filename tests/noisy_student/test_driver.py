@@ -145,3 +145,66 @@ def test_marker_records_the_code_that_ran(runner, tmp_path):
   marker = runner.marker("s")
   assert marker["git_commit"] == driver.git_commit() and marker["seconds"] >= 0
   assert runner.marker("never-ran") == {}
+
+
+def _old_marker(runner, name, commands):
+  """A marker as an older driver wrote it: another key, its own workdir, old spellings."""
+  from data import fileio
+  os.makedirs(os.path.dirname(runner.marker_path(name)), exist_ok=True)
+  fileio.write_json_atomic(runner.marker_path(name), {
+      "stage": name, "key": "0123456789abcdef", "seconds": 1.0,
+      "commands": [driver.display(c) for c in commands]})
+
+
+@pytest.mark.parametrize("recorded, same", [
+    # Renamed flag (alias), another order, a default spelled out: the same settings.
+    (("--min_threshold=0.3", "--predictions=runs/old/iter1/predictions",
+      "--output_dir=runs/old/iter1/selected", "--images_per_class=5", "--shard_index=0"),
+     True),
+    (("--predictions=runs/old/iter1/predictions", "--output_dir=runs/old/iter1/selected",
+      "--images_per_class=5", "--min_threshold=0.5"), False),
+    (("--predictions=runs/old/iter1/predictions", "--output_dir=runs/old/iter1/selected",
+      "--images_per_class=5", "--no_balance"), False),  # A flag that no longer exists.
+])
+def test_a_marker_of_the_same_settings_spelled_otherwise_counts_as_done(
+    tmp_path, recorded, same):
+  runner = driver.StageRunner(str(tmp_path / "new"))
+  w = runner.workdir
+  stage = driver.Stage("iter1/select", (("noisy_student.select",
+                                         f"--predictions_dir={w}/iter1/predictions",
+                                         f"--output_dir={w}/iter1/selected",
+                                         "--images_per_class=5"),),
+                       outputs=(f"{w}/iter1/selected",))
+  _old_marker(runner, stage.name, [("noisy_student.select",) + recorded])
+  key = runner.keys[stage.name] = runner.key(stage)
+  assert runner._same_settings_as_recorded(stage, key) == same
+  if same:
+    assert not runner.run(stage)  # Skipped: nothing runs.
+    marker = runner.marker(stage.name)
+    assert (marker["key"], marker["rekeyed_from"]) == (key, "0123456789abcdef")
+    assert runner.is_done(stage.name)
+
+
+def test_a_rerun_input_means_the_recorded_settings_do_not_count(tmp_path):
+  runner = driver.StageRunner(str(tmp_path / "new"))
+  w = runner.workdir
+  args = (f"--predictions_dir={w}/p", f"--output_dir={w}/s", "--images_per_class=5")
+  stage = driver.Stage("select", (("noisy_student.select",) + args,), inputs=("label",),
+                       outputs=(f"{w}/s",))
+  _old_marker(runner, stage.name, [stage.commands[0]])
+  runner.keys["label"] = "k"
+  key = runner.keys[stage.name] = runner.key(stage)
+  assert runner._same_settings_as_recorded(stage, key)
+  runner.ran.add("label")
+  assert not runner._same_settings_as_recorded(stage, key)
+
+
+def test_settings_commands_run_from_a_flagfile(runner, tmp_path):
+  command = ("noisy_student.train", f"--model_dir={runner.workdir}/m", "--train_pattern=x")
+  name, args = runner._flagfile_command("iter0/teacher", 0, command)
+  path = args.split("=", 1)[1]
+  assert (name, path) == ("noisy_student.train",
+                          os.path.join(runner.workdir, "flags", "iter0__teacher.0.flags"))
+  lines = open(path).read().splitlines()
+  assert lines[0].startswith("# stage iter0/teacher") and lines[1:] == list(command[1:])
+  assert runner._flagfile_command("s", 0, (FAKE, "a", "b")) == (FAKE, "a", "b")

@@ -12,7 +12,9 @@ DRIVER_COMMAND = "python -m noisy_student.run --flagfile=flags/"
 CHECK = r"""
 import sys
 from absl import flags
-from noisy_student import iterate, run
+from data import config_flags
+from noisy_student import iterate, run, settings
+config_flags.define(settings.ExperimentSettings)
 for path in sys.argv[1:]:
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["run", f"--flagfile={path}", "--workdir=/tmp/unused"])
@@ -58,7 +60,9 @@ def test_unknown_driver_flag_is_rejected(tmp_path):
 PLAN = r"""
 import sys
 from absl import flags
-from noisy_student import driver, iterate, run
+from data import config_flags
+from noisy_student import driver, iterate, run, settings
+config_flags.define(settings.ExperimentSettings)
 flags.FLAGS(["run", *sys.argv[1:]])
 for stage in iterate.plan(run.config_from_flags()):
   for command in stage.commands:
@@ -102,15 +106,20 @@ def test_control_is_the_student_without_pseudo_labels():
   images (and its own directories): same model, initialisation, steps, noise, seed."""
   lines = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--seed=2",
                 "--iterations=3")
-  command = lambda name: shlex.split(next(l for l in lines if l.startswith(name + " ")))[1:]
+  import dataclasses
+
+  from data import config_flags
+  from noisy_student import settings
+  parse = lambda name: config_flags.parse_args(settings.TrainSettings, shlex.split(
+      next(l for l in lines if l.startswith(name + " ")))[4:])
   for i in (1,):
-    student, control = command(f"iter{i}/student"), command(f"iter{i}/control")
-    pseudo = {a for a in student if a.split("=")[0] in (
-        "--unlabeled_pattern", "--unlabeled_ratio", "--label_type", "--unlabeled_augment",
-        "--teacher_temperature")}
-    assert len(pseudo) == 5
-    assert [a for a in student if a not in pseudo] == [
-        a.replace(f"iter{i}/control", f"iter{i}/student") for a in control]
+    student, control = parse(f"iter{i}/student"), parse(f"iter{i}/control")
+    assert student.unlabeled_pattern == f"runs/x/iter{i}/selected/*.tfrecord"
+    assert (student.unlabeled_ratio, student.label_type) == (3.0, "soft")
+    assert control.unlabeled_pattern is None
+    assert dataclasses.replace(
+        student, model_dir=control.model_dir, unlabeled_pattern=None,
+        unlabeled_augment=None, unlabeled_ratio=control.unlabeled_ratio) == control
   warm = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--iterations=2",
                "--init_student_from_teacher")
   for i in (1, 2):
