@@ -76,8 +76,8 @@ class StageRunner:
     self.python = python
     # Unbuffered children: their progress lines reach the console as they happen.
     self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-    os.makedirs(os.path.join(workdir, MARKER_DIR), exist_ok=True)
-    os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
+    _gfile().makedirs(os.path.join(workdir, MARKER_DIR))
+    _gfile().makedirs(os.path.join(workdir, "logs"))
     self.keys: dict[str, str] = {}  # Stage name -> key, for the stages seen so far.
     self.ran: set[str] = set()  # The stages that (re)ran in this driver.
 
@@ -87,7 +87,7 @@ class StageRunner:
 
   def _marker_key(self, name: str, suffix: str = "") -> str | None:
     path = self.marker_path(name, suffix)
-    return fileio.read_json(path).get("key") if os.path.exists(path) else None
+    return fileio.read_json(path).get("key") if _gfile().exists(path) else None
 
   def is_done(self, name: str) -> bool:
     """Whether the stage finished with the settings it was last run with."""
@@ -97,7 +97,7 @@ class StageRunner:
   def marker(self, name: str) -> dict:
     """What the finished stage recorded: key, commands, seconds, git commit, time."""
     path = self.marker_path(name)
-    return fileio.read_json(path) if os.path.exists(path) else {}
+    return fileio.read_json(path) if _gfile().exists(path) else {}
 
   def key(self, stage: Stage) -> str:
     """Hash of the stage's settings and of the keys of the stages it reads from."""
@@ -147,11 +147,11 @@ class StageRunner:
       return False
     self.ran.add(stage.name)
     started = self._marker_key(stage.name, ".started")
-    if started != key and (started or os.path.exists(self.marker_path(stage.name))):
+    if started != key and (started or _gfile().exists(self.marker_path(stage.name))):
       print(f"[{stage.name}] settings changed: deleting its old outputs", flush=True)
       _delete(stage.outputs)
-    if os.path.exists(self.marker_path(stage.name)):
-      os.remove(self.marker_path(stage.name))
+    if _gfile().exists(self.marker_path(stage.name)):
+      _gfile().remove(self.marker_path(stage.name))
     fileio.write_json_atomic(self.marker_path(stage.name, ".started"),
                              {"stage": stage.name, "key": key})
     print(f"[{stage.name}] starting: {len(stage.commands)} command(s)", flush=True)
@@ -185,7 +185,8 @@ class StageRunner:
   def _run_one(self, name: str, index: int, command: tuple[str, ...], stream: bool) -> None:
     log_path = os.path.join(self.workdir, "logs", f"{name.replace('/', '__')}.{index}.log")
     argv = [self.python, "-m", *self._flagfile_command(name, index, command)]
-    with open(log_path, "w") as log:
+    with _gfile().GFile(log_path, "w") as log:
+      log.write(f"$ {display(command)}\n")
       process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  env=self.env, text=True, bufsize=1,
                                  preexec_fn=_die_with_parent)
@@ -197,7 +198,7 @@ class StageRunner:
           sys.stdout.flush()
       returncode = process.wait()
     if returncode != 0:
-      with open(log_path) as log:
+      with _gfile().GFile(log_path) as log:
         tail = "".join(log.readlines()[-25:])
       raise RuntimeError(f"stage {name} failed (exit {returncode}): {display(command)}\n"
                          f"last lines of {log_path}:\n{tail}")
@@ -209,14 +210,15 @@ class StageRunner:
     if command[0] not in settings.COMMANDS:
       return command
     path = os.path.join(self.workdir, "flags", f"{name.replace('/', '__')}.{index}.flags")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _gfile().makedirs(os.path.dirname(path))
     fileio.write_text_atomic(path, f"# stage {name}: python -m {command[0]} "
                              f"--flagfile={path}\n" + "".join(a + "\n" for a in command[1:]))
     return (command[0], f"--flagfile={path}")
 
   def _record_commands(self, stage: Stage, key: str) -> None:
     path = os.path.join(self.workdir, "commands.sh")
-    existing = open(path).read() if os.path.exists(path) else "#!/usr/bin/env bash\nset -e\n"
+    existing = (_gfile().GFile(path).read() if _gfile().exists(path)
+                else "#!/usr/bin/env bash\nset -e\n")
     header = f"# stage {stage.name} (key {key})\n"
     if header in existing:
       return
@@ -268,14 +270,20 @@ def git_commit() -> str | None:
     return None
 
 
+def _gfile():
+  """tf.io.gfile, for every path of the workdir (gs:// too); the driver itself runs no
+  TensorFlow ops, so TensorFlow is imported on first use."""
+  import tensorflow as tf
+  return tf.io.gfile
+
+
 def _delete(patterns: tuple[str, ...]) -> None:
-  import tensorflow as tf  # Only here: the driver itself runs no TensorFlow.
   for pattern in patterns:
-    for path in tf.io.gfile.glob(pattern):
-      if tf.io.gfile.isdir(path):
-        tf.io.gfile.rmtree(path)
+    for path in _gfile().glob(pattern):
+      if _gfile().isdir(path):
+        _gfile().rmtree(path)
       else:
-        tf.io.gfile.remove(path)
+        _gfile().remove(path)
 
 
 _PR_SET_PDEATHSIG = 1

@@ -1,6 +1,7 @@
 """The experiment report: report.json, report.md and report.png in the workdir.
 
-Accuracies are test-set top-1 fractions in [0, 1], read from each model's
+Every path goes through tf.io.gfile, so a workdir may be on gs://. Accuracies are
+test-set top-1 fractions in [0, 1], read from each model's
 `test/` evaluation; the number of pseudo-labeled images comes from the selection summary.
 Each iteration's student stands next to its compute-matched control (the same training
 without pseudo-labeled images), the comparison that says whether the pseudo labels, and
@@ -9,8 +10,9 @@ not the extra training, made the difference.
 
 from __future__ import annotations
 
-import glob
 import os
+
+import tensorflow as tf
 
 from data import fileio
 from data import schema
@@ -20,7 +22,7 @@ from noisy_student import iterate
 def test_accuracy(model_dir: str) -> float | None:
   """Top-1 of the clean test evaluation written by `noisy_student.evaluate`."""
   path = os.path.join(iterate.test_dir(model_dir), "results.json")
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return None
   return float(fileio.read_json(path)["top1"])
 
@@ -29,7 +31,7 @@ def dev_accuracy(model_dir: str) -> float | None:
   """Top-1 of the trained model on the dev split (the trainer's final evaluation), the
   number that settings are chosen by; the test split is never used for that."""
   path = os.path.join(model_dir, "eval_metrics.json")
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return None
   return float(fileio.read_json(path)["top1"])
 
@@ -39,9 +41,9 @@ def pseudo_label_stats(iteration_dir: str) -> dict:
   many of the teacher's pseudo labels were right, from the hidden labels of the split."""
   stats = {}
   selection = os.path.join(iteration_dir, "selected", "selection.json")
-  if os.path.exists(selection):
+  if tf.io.gfile.exists(selection):
     stats["num_pseudo_labeled"] = fileio.read_json(selection).get("total_written")
-  predictions = glob.glob(os.path.join(iteration_dir, "predictions", "*.tfrecord"))
+  predictions = tf.io.gfile.glob(os.path.join(iteration_dir, "predictions", "*.tfrecord"))
   if predictions:
     stats["pseudo_label_accuracy"] = _pseudo_label_accuracy(predictions)
   return stats

@@ -208,3 +208,19 @@ def test_settings_commands_run_from_a_flagfile(runner, tmp_path):
   lines = open(path).read().splitlines()
   assert lines[0].startswith("# stage iter0/teacher") and lines[1:] == list(command[1:])
   assert runner._flagfile_command("s", 0, (FAKE, "a", "b")) == (FAKE, "a", "b")
+
+
+def test_markers_logs_and_commands_go_through_gfile(tmp_path):
+  """A workdir on another filesystem (ram:// here, gs:// for users) holds the markers,
+  logs, flagfiles and commands.sh; the stage's own outputs are its business."""
+  import tensorflow as tf
+  workdir = f"ram://driver_{os.getpid()}/work"
+  runner = driver.StageRunner(workdir, env=dict(os.environ, PYTHONPATH=ROOT))
+  out = str(tmp_path / "out.txt")
+  stage = driver.Stage("a/b", ((FAKE, out, "one"),))
+  assert runner.run(stage) and not runner.run(stage)
+  assert tf.io.gfile.exists(f"{workdir}/.stages/a__b.json")
+  assert tf.io.gfile.GFile(f"{workdir}/logs/a__b.0.log").read().startswith(
+      "$ python -m tests.noisy_student.fake_stage")
+  assert "fake_stage" in tf.io.gfile.GFile(f"{workdir}/commands.sh").read()
+  assert not os.path.exists(workdir)
