@@ -200,11 +200,13 @@ def _train_stage(name: str, command: tuple[str, ...], model_dir: str,
 
 def _test_stage(c: ExperimentConfig, name: str, model_dir: str,
                 train_stage: str) -> driver.Stage:
-  return driver.Stage(name, ((
-      "noisy_student.evaluate", f"--model={model_dir}", "--suite=clean",
-      f"--data_pattern={c.path('data', 'records')}/test-*",
-      f"--output_dir={test_dir(model_dir)}"),),
-      inputs=(train_stage, "data/records_test"), outputs=(test_dir(model_dir),))
+  """A model's clean test-set evaluation."""
+  settings = settings_lib.EvalSettings(
+      model=model_dir, suite="clean", output_dir=test_dir(model_dir),
+      eval_pattern=f"{c.path('data', 'records')}/test-*")
+  return driver.Stage(name, (_command("noisy_student.evaluate", settings),),
+                      inputs=(train_stage, "data/records_test"),
+                      outputs=(test_dir(model_dir),))
 
 
 def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:

@@ -18,6 +18,7 @@ import dataclasses
 
 from data import pipeline
 from data.config_flags import setting
+from noisy_student import evaluate
 from noisy_student import labeling
 from noisy_student import losses
 from noisy_student import optimization
@@ -350,7 +351,12 @@ class ExperimentSettings:
       "by noisy_student.summarize).")
 
 
+# `noisy_student.evaluate`: its settings are its library config (noisy_student/evaluate.py).
+EvalSettings = evaluate.EvalConfig
+
+
 # The commands whose flags are made from a settings class (the driver keys its stages
 # on these settings and runs them from flagfiles).
 COMMANDS = {"noisy_student.train": TrainSettings, "noisy_student.label": LabelSettings,
-            "noisy_student.select": SelectSettings}
+            "noisy_student.select": SelectSettings,
+            "noisy_student.evaluate": EvalSettings}

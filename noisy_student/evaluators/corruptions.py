@@ -48,7 +48,7 @@ def compute(ev, base: dict | None) -> dict:
   results = {"errors": errors, "top5_errors": top5_errors, "counts": counts,
              "mean_error": float(np.mean([e for v in errors.values() for e in v.values()])),
              "clean_error": None, "severities": list(c.severities)}
-  if c.data_pattern or c.image_folder:
+  if c.eval_pattern or c.image_folder:
     meter = ev.accuracy(sources.clean_source(c))
     results["clean_error"] = 1 - meter.result()["top1"]
   results["normalization"] = _normalise(how, base, c, results)
@@ -75,7 +75,7 @@ def _normalise(how: str, base: dict | None, c, results: dict) -> dict:
                                        base_clean))
   info["baseline_clean_error"] = base_clean
   if "relative_mce" not in results:
-    info["relative_note"] = ("relative mCE needs both clean errors: pass --data_pattern "
+    info["relative_note"] = ("relative mCE needs both clean errors: pass --eval_pattern "
                              "(and a baseline evaluated with it)")
   return info
 

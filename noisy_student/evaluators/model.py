@@ -40,8 +40,8 @@ class Evaluator:
     tally = {"failed_records": 0, "unlabeled_records": 0}
     for batch in sources.iterate_batches(
         source, preprocess=self.preprocess, num_classes=self.num_classes,
-        batch_size=c.batch_size, label_offset=c.label_offset, max_examples=c.max_examples,
-        max_bad_records=c.max_bad_records):
+        batch_size=c.eval_batch_size, label_offset=c.label_offset,
+        max_examples=c.max_examples, max_bad_records=c.max_bad_records):
       tally["failed_records"] += batch["failed"]
       tally["unlabeled_records"] += batch["unlabeled"]
       yield batch

@@ -59,7 +59,7 @@ def perturbation_predictions(ev, name: str) -> tuple[np.ndarray, np.ndarray, np.
   """(top-1 [n, frames], top-5 [n, frames, 5], labels [n]) over the clean source."""
   c = ev.config
   fn = _sequence_logits_fn(ev, name)
-  chunk = max(1, c.batch_size // c.num_frames)
+  chunk = max(1, c.eval_batch_size // c.num_frames)
   top1, top5, labels = [], [], []
   for batch in ev.batches(sources.clean_source(c)):
     images, ids = batch["image"][batch["valid"]], batch["id"][batch["valid"]]

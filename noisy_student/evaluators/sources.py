@@ -36,9 +36,9 @@ class Source:
 
 
 def clean_source(config, label_map=None, crop: bool = True) -> Source:
-  """The clean set of an EvalConfig: --data_pattern, else --image_folder."""
-  if config.data_pattern:
-    return Source("tfrecord", config.data_pattern)
+  """The clean set of an EvalConfig: --eval_pattern, else --image_folder."""
+  if config.eval_pattern:
+    return Source("tfrecord", config.eval_pattern)
   return Source("folder", config.image_folder, crop=crop, label_map=label_map)
 
 

@@ -21,7 +21,7 @@ def no_baseline(config, num_classes: int) -> None:  # pylint: disable=unused-arg
 
 def clean_data(config) -> str:
   """What results["data"] names for suites that read the clean set."""
-  return config.data_pattern or config.image_folder
+  return config.eval_pattern or config.image_folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Suite:
     baseline: (EvalConfig, num_classes) -> the baseline results.json the run is
       normalised by, or None; it validates them against the config.
     data: EvalConfig -> what results["data"] names (the data read).
-    needs_clean_data: the suite cannot run without --data_pattern or --image_folder.
+    needs_clean_data: the suite cannot run without --eval_pattern or --image_folder.
   """
   compute: Callable[..., dict]
   table: Callable[[dict, dict | None], str]

@@ -31,7 +31,7 @@ CASES = {
     "select": ("noisy_student.select", [f"--predictions={NOWHERE}", "--output_dir={out}",
                                         "--images_per_class=10"], NOWHERE),
     "evaluate": ("noisy_student.evaluate", [f"--model={NOWHERE}", "--output_dir={out}",
-                                            f"--data_pattern={NOWHERE}/*"], "no model at"),
+                                            f"--eval_pattern={NOWHERE}/*"], "no model at"),
     "summarize": ("noisy_student.summarize", [NOWHERE], NOWHERE),
     "run": ("noisy_student.run", [], "--workdir"),
 }
@@ -48,8 +48,8 @@ EXTRA_CASES = {
                                               "--output_dir={file}/sub",
                                               "--labeled_per_class=1"], "a_file"),
     "evaluate_batch_size": ("noisy_student.evaluate", [
-        f"--model={NOWHERE}", "--output_dir={out}", f"--data_pattern={NOWHERE}/*",
-        "--batch_size=0"], "--batch_size must be >= 1"),
+        f"--model={NOWHERE}", "--output_dir={out}", f"--eval_pattern={NOWHERE}/*",
+        "--eval_batch_size=0"], "--eval_batch_size must be >= 1"),
     "make_corrupted_missing_flag": ("data.make_corrupted", ["--output_dir={out}"],
                                     "--input_pattern"),
 }

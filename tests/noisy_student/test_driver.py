@@ -1,4 +1,5 @@
 """The stage runner: markers, skipping finished stages, failures, recorded commands."""
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -183,6 +184,31 @@ def test_a_marker_of_the_same_settings_spelled_otherwise_counts_as_done(
     marker = runner.marker(stage.name)
     assert (marker["key"], marker["rekeyed_from"]) == (key, "0123456789abcdef")
     assert runner.is_done(stage.name)
+
+
+def _old_evaluate(w: str, pattern: str = "test-*") -> tuple[str, ...]:
+  """A test stage's command as drivers wrote it before --eval_pattern was renamed."""
+  return ("noisy_student.evaluate", f"--model={w}/iter0/teacher", "--suite=clean",
+          f"--data_pattern={w}/data/records/{pattern}",
+          f"--output_dir={w}/iter0/teacher/test")
+
+
+@pytest.mark.parametrize("pattern, same", [("test-*", True), ("train-*", False)])
+def test_an_evaluate_marker_with_the_old_flag_names_counts_as_done(tmp_path, pattern, same):
+  from noisy_student import iterate
+  runner = driver.StageRunner(str(tmp_path / "new"))
+  c = iterate.ExperimentConfig(workdir=runner.workdir)
+  stage = iterate._test_stage(c, "iter0/teacher_test", c.model_dir(0), "iter0/teacher")
+  assert "--eval_pattern=" in " ".join(stage.commands[0])
+  runner.keys.update({"iter0/teacher": "t", "data/records_test": "r"})
+  key = runner.keys[stage.name] = runner.key(stage)
+  spelled_as_before = dataclasses.replace(stage, commands=(_old_evaluate(runner.workdir),))
+  assert runner.key(spelled_as_before) == key
+  _old_marker(runner, stage.name, [_old_evaluate("runs/old", pattern)])
+  assert runner._same_settings_as_recorded(stage, key) == same
+  if same:
+    assert not runner.run(stage)  # Skipped: nothing runs.
+    assert runner.marker(stage.name)["key"] == key and runner.is_done(stage.name)
 
 
 def test_a_rerun_input_means_the_recorded_settings_do_not_count(tmp_path):

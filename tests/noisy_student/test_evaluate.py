@@ -59,8 +59,8 @@ def run(setup, out: str, *args) -> dict:
 
 
 def test_clean(setup):
-  r = run(setup, "clean", "--suite=clean", f"--data_pattern={setup['data']}", "--per_class",
-          "--batch_size=10")  # 24 = 10 + 10 + 4 padded rows
+  r = run(setup, "clean", "--suite=clean", f"--eval_pattern={setup['data']}", "--per_class",
+          "--eval_batch_size=10")  # 24 = 10 + 10 + 4 padded rows
   assert r["suite"] == "clean" and r["count"] == N and r["failed_records"] == 0
   assert r["top1"] > 0.9 and r["top5"] == 1.0
   assert set(r["per_class_top1"]) == {"0", "1"}
@@ -70,6 +70,7 @@ def test_clean(setup):
 @pytest.mark.slow  # ~30 s of TensorFlow start-up; the flags are parsed in-process above.
 def test_clean_cli_subprocess(setup):
   out = setup["root"] / "cli"
+  # --data_pattern: the old name of --eval_pattern, as older scripts spell it.
   proc = subprocess.run(
       [sys.executable, "-m", "noisy_student.evaluate", f"--model={setup['model']}",
        "--suite=clean", f"--data_pattern={setup['data']}", f"--output_dir={out}",
@@ -82,7 +83,7 @@ def test_clean_cli_subprocess(setup):
 
 def test_imagenet_a_style_subset(setup):
   # With the subset {1}, every prediction is class 1: top-1 = the share of label 1.
-  r = run(setup, "subset", "--suite=imagenet_a", f"--data_pattern={setup['data']}",
+  r = run(setup, "subset", "--suite=imagenet_a", f"--eval_pattern={setup['data']}",
           "--class_subset=1")
   assert r["class_subset"] == [1]
   assert r["top1"] == pytest.approx(np.mean(setup["labels"] == 1))
@@ -102,7 +103,7 @@ def test_imagenet_a_folder_with_subset_labels(setup):
 
 def test_imagenet_a_needs_a_subset_for_small_models(setup):
   with pytest.raises(ValueError, match="class_subset"):
-    run(setup, "subset_missing", "--suite=imagenet_a", f"--data_pattern={setup['data']}")
+    run(setup, "subset_missing", "--suite=imagenet_a", f"--eval_pattern={setup['data']}")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +119,7 @@ def corrupted(setup):
 
 def test_corruptions_with_and_without_baseline(setup, corrupted):
   common = ["--suite=corruptions", "--corruptions=gaussian_noise,brightness",
-            "--severities=1,5", f"--data_pattern={setup['data']}",
+            "--severities=1,5", f"--eval_pattern={setup['data']}",
             f"--corruption_pattern={corrupted}/{{corruption}}/{{severity}}/*.tfrecord"]
   teacher = run(setup, "c_teacher", *common)
   assert teacher["normalization"]["by"] == "none" and "mce" not in teacher
@@ -162,9 +163,9 @@ def test_corruptions_from_imagenet_c_folders(setup, corrupted):
 
 
 def test_perturbations_with_baseline(setup):
-  common = ["--suite=perturbations", f"--data_pattern={setup['data']}", "--num_frames=3",
+  common = ["--suite=perturbations", f"--eval_pattern={setup['data']}", "--num_frames=3",
             "--perturbations=gaussian_noise,brightness", "--max_examples=12",
-            "--batch_size=20"]  # 6 sequences of 3 frames per model call
+            "--eval_batch_size=20"]  # 6 sequences of 3 frames per model call
   first = run(setup, "p_teacher", *common)
   assert first["count"] == 12
   assert first["rule"] == {"gaussian_noise": "first frame", "brightness": "previous frame"}
@@ -183,8 +184,8 @@ def test_perturbations_with_baseline(setup):
 
 
 def test_adversarial(setup):
-  r = run(setup, "adv", "--suite=adversarial", f"--data_pattern={setup['data']}",
-          "--epsilons=0,8,32", "--pgd_steps=3", "--batch_size=16")
+  r = run(setup, "adv", "--suite=adversarial", f"--eval_pattern={setup['data']}",
+          "--epsilons=0,8,32", "--pgd_steps=3", "--eval_batch_size=16")
   fgsm, pgd = r["accuracy"]["fgsm"], r["accuracy"]["pgd"]
   assert fgsm["0"] == pgd["0"] > 0.9
   assert fgsm["0"] >= fgsm["8"] >= fgsm["32"] and fgsm["32"] < 0.2
@@ -193,12 +194,43 @@ def test_adversarial(setup):
 
 
 def test_config_errors(setup):
-  with pytest.raises(ValueError, match="data_pattern"):
+  with pytest.raises(ValueError, match="eval_pattern"):
     ev.EvalConfig(model="m", suite="clean", output_dir="o")
   with pytest.raises(ValueError, match="corruption_pattern"):
     ev.EvalConfig(model="m", suite="corruptions", output_dir="o")
   with pytest.raises(ValueError, match="separate --output_dir"):
-    run(setup, "clean", "--suite=adversarial", f"--data_pattern={setup['data']}")
+    run(setup, "clean", "--suite=adversarial", f"--eval_pattern={setup['data']}")
+
+
+def _parse(*args) -> ev.EvalConfig:
+  fv = flags.FlagValues()
+  ev.define_flags(fv)
+  fv(["evaluate", "--model=m", "--output_dir=o", *args])
+  return ev.config_from_flags(fv)
+
+
+def test_flags_are_made_from_the_config():
+  """Defaults and list flags behave as the hand-written flags did; old names are aliases."""
+  from data import perturbations as perturb
+  from noisy_student import robustness as rb
+  default = _parse("--eval_pattern=p")
+  assert default == ev.EvalConfig(model="m", output_dir="o", eval_pattern="p")
+  assert (default.suite, default.eval_batch_size, default.normalizer) == (
+      "clean", 256, "auto")
+  assert default.corruptions == rb.CORRUPTIONS and default.severities == (1, 2, 3, 4, 5)
+  assert default.perturbations == perturb.PERTURBATIONS
+  assert default.attacks == ("fgsm", "pgd") and default.epsilons == (0, 1, 2, 4, 8, 16)
+  spelled = _parse("--eval_pattern=p", "--corruptions=all", "--perturbations=all",
+                   "--severities=1,2,3,4,5", "--epsilons=0,1,2,4,8,16")
+  assert spelled == default
+  lists = _parse("--eval_pattern=p", "--corruptions=fog, snow", "--severities=1,5",
+                 "--epsilons=0,0.5", "--attacks=fgsm")
+  assert (lists.corruptions, lists.severities, lists.epsilons, lists.attacks) == (
+      ("fog", "snow"), (1, 5), (0.0, 0.5), ("fgsm",))
+  assert _parse("--data_pattern=p", "--batch_size=7") == _parse(
+      "--eval_pattern=p", "--eval_batch_size=7")
+  with pytest.raises(flags.IllegalFlagValueError):
+    _parse("--eval_pattern=p", "--normalizer=median")
 
 
 def test_records_without_a_label_are_counted_and_reported(setup):
@@ -207,12 +239,12 @@ def test_records_without_a_label_are_counted_and_reported(setup):
   labels[[1, 5, 6]] = -1
   write_records(str(setup["root"] / "partly/test-00000.tfrecord"), setup["images"], labels)
   r = run(setup, "partly_out", "--suite=clean",
-          f"--data_pattern={setup['root'] / 'partly/test-*'}")
+          f"--eval_pattern={setup['root'] / 'partly/test-*'}")
   assert r["count"] == N - 3 and r["unlabeled_records"] == 3 and r["failed_records"] == 0
   table = (setup["root"] / "partly_out/results.md").read_text()
   assert "3 records without a label" in table
   adv = run(setup, "partly_adv", "--suite=adversarial", "--epsilons=0", "--attacks=fgsm",
-            f"--data_pattern={setup['root'] / 'partly/test-*'}")
+            f"--eval_pattern={setup['root'] / 'partly/test-*'}")
   assert adv["unlabeled_records"] == 3
 
 
@@ -232,10 +264,10 @@ def _bad_records_file(setup, name):
 
 def test_bad_records_are_skipped_counted_and_limited(setup):
   pattern = _bad_records_file(setup, "bad")
-  r = run(setup, "bad_out", "--suite=clean", f"--data_pattern={pattern}")
+  r = run(setup, "bad_out", "--suite=clean", f"--eval_pattern={pattern}")
   assert r["count"] == N and r["failed_records"] == 3
   with pytest.raises(ValueError, match="more than --max_bad_records=2"):
-    run(setup, "bad_limit", "--suite=clean", f"--data_pattern={pattern}",
+    run(setup, "bad_limit", "--suite=clean", f"--eval_pattern={pattern}",
         "--max_bad_records=2")
 
 
@@ -244,4 +276,4 @@ def test_truncated_file_is_named(setup):
   path = setup["root"] / "truncated" / "test-00000.tfrecord"
   path.write_bytes(path.read_bytes()[:-100])
   with pytest.raises(ValueError, match=f"{path}: truncated record at"):
-    run(setup, "truncated_out", "--suite=clean", f"--data_pattern={pattern}")
+    run(setup, "truncated_out", "--suite=clean", f"--eval_pattern={pattern}")

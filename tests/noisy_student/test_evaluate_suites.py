@@ -38,8 +38,10 @@ NORMALIZATION = {
 PLOTS = {"clean": [], "imagenet_a": [], "corruptions": ["accuracy_vs_severity.png"],
          "perturbations": ["flip_probability.png"],
          "adversarial": ["accuracy_vs_epsilon.png"]}
+# The flags of EvalConfig; eval_pattern and eval_batch_size were data_pattern and
+# batch_size until the flags were renamed to the names every command uses (docs/flags.md).
 CONFIG_FIELDS = {
-    "model", "suite", "output_dir", "data_pattern", "image_folder", "batch_size",
+    "model", "suite", "output_dir", "eval_pattern", "image_folder", "eval_batch_size",
     "label_offset", "max_examples", "max_bad_records", "preprocess_mode", "per_class",
     "class_subset", "corruption_pattern", "corruption_root", "corruptions", "severities",
     "baseline_results", "normalizer", "alexnet_clean_error", "perturbations", "num_frames",
@@ -48,7 +50,7 @@ CONFIG_FIELDS = {
 
 
 def _args(suite: str, setup, corrupted) -> list[str]:  # pylint: disable=redefined-outer-name
-  data = f"--data_pattern={setup['data']}"
+  data = f"--eval_pattern={setup['data']}"
   return {
       "clean": [data],
       "imagenet_a": [data, "--class_subset=1"],
@@ -78,7 +80,7 @@ def test_results_json_keys(suite, setup, corrupted):  # pylint: disable=redefine
 
 
 def test_per_class_adds_its_key_and_plot(setup):  # pylint: disable=redefined-outer-name
-  r = run(setup, "keys_per_class", "--suite=clean", f"--data_pattern={setup['data']}",
+  r = run(setup, "keys_per_class", "--suite=clean", f"--eval_pattern={setup['data']}",
           "--per_class")
   assert set(r) == COMMON | KEYS["clean"] | {"per_class_top1"}
   assert r["plots"] == ["per_class.png"]
@@ -115,7 +117,7 @@ def test_a_new_suite_is_one_registry_entry(setup, monkeypatch):
   monkeypatch.setitem(registry.SUITES, "toy", toy)
   out = setup["root"] / "toy"
   r = ev.evaluate(ev.EvalConfig(model=setup["model"], suite="toy", output_dir=str(out),
-                                data_pattern=setup["data"], batch_size=10))
+                                eval_pattern=setup["data"], eval_batch_size=10))
   assert r["valid_rows"] == 24 and r["data"] == setup["data"]
   assert set(r) == COMMON - {"plots"} | {"valid_rows"}
   assert "## toy: 24" in (out / "results.md").read_text()
