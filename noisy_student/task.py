@@ -100,9 +100,10 @@ class TaskConfig:
   def unlabeled_batch_size(self) -> int:
     return math.ceil(self.loss.unlabeled_ratio * self.train_batch_size)
 
-  def preprocess(self, augment: str, image_size: int | None = None) -> PreprocessConfig:
+  def preprocess(self, augment: str) -> PreprocessConfig:
+    """The training preprocessing (evaluation: model_io.eval_preprocess)."""
     return PreprocessConfig(
-        image_size=image_size or self.image_size, mode=self.preprocess_mode,
+        image_size=self.image_size, mode=self.preprocess_mode,
         augment=augment, randaugment_layers=self.randaugment_layers,
         randaugment_magnitude=self.randaugment_magnitude, flip=self.flip)
 
@@ -147,7 +148,7 @@ class ClassificationTask:
       if not c.teacher:
         self._check_pseudo_labels(files)
     if c.teacher:
-      _, teacher_config = _read_model_config(c.teacher)
+      teacher_config = model_io.read_config(c.teacher)
       if int(teacher_config["num_classes"]) != c.num_classes:
         raise ValueError(f"teacher {c.teacher} has {teacher_config['num_classes']} "
                          f"classes, this run num_classes={c.num_classes}")
@@ -249,14 +250,15 @@ class ClassificationTask:
 
   def eval_dataset(self, input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     c = self.config
-    size = c.eval_image_size or c.image_size
     if self._num_eval_batches is None and input_context.num_replicas_in_sync > 1:
       # Every replica of every host must run the same number of eval steps.
       self._num_eval_batches = pipeline.num_eval_batches(
           c.eval_pattern, global_batch_size=c.eval_batch_size, input_context=input_context)
+    # The preprocessing noisy_student.evaluate will give the exported model.
+    preprocess = model_io.eval_preprocess(self.export_config())
     return pipeline.eval_dataset(
         c.eval_pattern, global_batch_size=c.eval_batch_size,
-        preprocess=c.preprocess("none", size), num_classes=c.num_classes,
+        preprocess=preprocess, num_classes=c.num_classes,
         input_context=input_context, label_offset=c.label_offset,
         num_batches=self._num_eval_batches, flag_bad_labels=True)
 
@@ -308,20 +310,6 @@ def freeze_layers_before(model: keras.Model, prefix: str) -> list[str]:
   for layer in model.layers[:first]:
     layer.trainable = False
   return names[:first]
-
-
-def _read_model_config(path: str):
-  """(model file, config) of a model_dir without loading the model."""
-  if tf.io.gfile.isdir(path):
-    config_path = os.path.join(path, model_io.CONFIG_FILE)
-    model_path = os.path.join(path, model_io.MODEL_FILE)
-  else:
-    model_path, config_path = path, os.path.join(os.path.dirname(path), model_io.CONFIG_FILE)
-  if not tf.io.gfile.exists(model_path):
-    raise FileNotFoundError(f"no model at {model_path}")
-  if not tf.io.gfile.exists(config_path):
-    raise FileNotFoundError(f"no {model_io.CONFIG_FILE} beside {model_path}")
-  return model_path, fileio.read_json(config_path)
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from noisy_student import strategy as strategy_lib
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 DATA_POSITIONS = ("skip", "epoch")
-CKPT_DIR = "ckpt"
+CKPT_DIR = model_io.CHECKPOINT_DIR
 EVAL_METRICS_FILE = "eval_metrics.json"
 EVAL_HISTORY_FILE = "eval_history.json"
 CONFIG_FILE = "config.json"
@@ -181,16 +181,13 @@ def _copy_matching(src: keras.Model, dst: keras.Model, source: str) -> None:
 
 def warm_start(model: keras.Model, path: str) -> None:
   """Initialises `model` from a model_dir / .keras file or a trainer checkpoint's EMA."""
-  model_file = os.path.join(path, model_io.MODEL_FILE) if tf.io.gfile.isdir(path) else path
+  model_file, _ = model_io.model_files(path)
   if model_file.endswith(".keras") and tf.io.gfile.exists(model_file):
     src, _ = model_io.load_model(path)
     _copy_matching(src, model, path)
     return
-  ckpt = path
-  if tf.io.gfile.isdir(path):
-    ckpt = (tf.train.latest_checkpoint(os.path.join(path, CKPT_DIR))
-            or tf.train.latest_checkpoint(path))
-  if not ckpt or not tf.io.gfile.exists(ckpt + ".index"):
+  ckpt = model_io.find_checkpoint(path)
+  if ckpt is None:
     raise FileNotFoundError(f"init_from={path}: neither a model.keras nor a checkpoint")
   # A trainer checkpoint's "ema_model" is the teacher's EMA weights (paper: teachers are
   # always the EMA weights); mapping it onto this model needs the same architecture.
