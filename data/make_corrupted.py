@@ -9,6 +9,9 @@ i.e. `imagecorruptions-imaug`; the 2020 release breaks on NumPy 2):
       --output_dir=data/fmnist-c [--corruptions=all] [--severities=1,2,3,4,5] \
       [--shard_index=0 --num_shards=1] [--max_examples=0] [--seed=0]
 
+The flags are `CorruptConfig`'s fields (`data.config_flags`); `--num_shards` counts
+parallel workers, each writing one file per variant.
+
 Output: `{output_dir}/{corruption}/{severity}/{shard:05d}-of-{num_shards:05d}.tfrecord`,
 each a copy of the input records (ids, labels, hidden labels, every other feature kept)
 with `image/encoded` replaced by the corrupted image as PNG (lossless, so
@@ -43,9 +46,11 @@ import numpy as np
 from PIL import Image
 
 from data import cli
+from data import config_flags
 from data import fileio
 from data import pipeline
 from data import schema
+from data.config_flags import setting
 
 # The 15 benchmark corruptions (ImageNet-C order) and the 4 held-out validation ones.
 COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
@@ -59,21 +64,42 @@ CORRUPTION_KEY = "corruption/name"
 SEVERITY_KEY = "corruption/severity"
 
 
+# --corruptions names for sets of corruptions.
+CORRUPTION_SETS = {"all": COMMON, "common": COMMON, "validation": VALIDATION}
+SMALL_IMAGES = ("pad", "resize")
+
+
 @dataclasses.dataclass(frozen=True)
 class CorruptConfig:
-  input_pattern: str
-  output_dir: str
-  corruptions: tuple[str, ...] = COMMON
-  severities: tuple[int, ...] = (1, 2, 3, 4, 5)
-  shard_index: int = 0
-  num_shards: int = 1
-  max_examples: int = 0          # 0: all records
-  seed: int = 0
-  small_images: str = "pad"      # "pad" | "resize"
-  overwrite: bool = False
-  max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS
+  """What to corrupt: the flags of `python -m data.make_corrupted` (`data.config_flags`)."""
+  input_pattern: str = setting(None, "TFRecords to corrupt (glob, comma list).",
+                               required=True)
+  output_dir: str = setting(None, "Writes {corruption}/{severity}/*.tfrecord here.",
+                            required=True)
+  corruptions: tuple[str, ...] = setting(
+      COMMON, "all (the 15 ImageNet-C ones, the default), validation (the 4 extra), or a "
+      "list.")
+  severities: tuple[int, ...] = setting((1, 2, 3, 4, 5), "Comma-separated severities in "
+                                        "1..5.")
+  shard_index: int = setting(0, "This worker's index.")
+  num_shards: int = setting(1, "Number of parallel workers.")
+  max_examples: int = setting(0, "Only the first N input records (0: all).")
+  seed: int = setting(0, "Global seed; per-image seeds derive from it and the id.")
+  small_images: str = setting("pad", "Images under 32x32: zero-pad centred, or resize "
+                              "(bicubic).", choices=SMALL_IMAGES)
+  overwrite: bool = setting(False, "Rewrite variants whose file already exists.")
+  max_bad_records: int = setting(pipeline.DEFAULT_MAX_BAD_RECORDS, "Bad records are "
+                                 "skipped and listed in the manifest; more than this many "
+                                 "stop it.")
 
   def __post_init__(self):
+    # `--corruptions=all` parses as ("all",): a set's name stands for its corruptions.
+    named = len(self.corruptions) == 1 and self.corruptions[0] in CORRUPTION_SETS
+    object.__setattr__(self, "corruptions", CORRUPTION_SETS[self.corruptions[0]] if named
+                       else tuple(self.corruptions))
+    object.__setattr__(self, "severities", tuple(self.severities))
+    if not self.input_pattern or not self.output_dir:
+      raise ValueError("--input_pattern and --output_dir are required")
     if not 0 <= self.shard_index < self.num_shards:
       raise ValueError(f"need 0 <= shard_index < num_shards, got "
                        f"{self.shard_index}, {self.num_shards}")
@@ -82,25 +108,11 @@ class CorruptConfig:
       raise ValueError(f"unknown corruptions {unknown}; choose from {COMMON + VALIDATION}")
     if any(s not in (1, 2, 3, 4, 5) for s in self.severities):
       raise ValueError(f"severities must be in 1..5, got {self.severities}")
-    if self.small_images not in ("pad", "resize"):
+    if self.small_images not in SMALL_IMAGES:
       raise ValueError(f"small_images must be pad or resize, got {self.small_images!r}")
     for name in ("max_examples", "max_bad_records"):
       if getattr(self, name) < 0:
         raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-
-
-def parse_corruptions(spec: str) -> tuple[str, ...]:
-  """"all" (the 15 benchmark ones), "validation" (the 4 extra), or a comma list."""
-  spec = spec.strip()
-  if spec in ("all", "common"):
-    return COMMON
-  if spec == "validation":
-    return VALIDATION
-  return tuple(c.strip() for c in spec.split(",") if c.strip())
-
-
-def parse_severities(spec: str) -> tuple[int, ...]:
-  return tuple(int(s) for s in spec.split(",") if s.strip())
 
 
 def output_path(output_dir: str, corruption: str, severity: int, shard_index: int,
@@ -274,39 +286,13 @@ def make_corrupted(config: CorruptConfig) -> dict:
 
 def main(argv):
   del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  config = CorruptConfig(
-      input_pattern=f.input_pattern, output_dir=f.output_dir,
-      corruptions=parse_corruptions(f.corruptions), severities=parse_severities(f.severities),
-      shard_index=f.shard_index, num_shards=f.num_shards, max_examples=f.max_examples,
-      seed=f.seed, small_images=f.small_images, overwrite=f.overwrite,
-      max_bad_records=f.max_bad_records)
+  config = config_flags.read(CorruptConfig)
   manifest = make_corrupted(config)
   print(f"shard {config.shard_index}/{config.num_shards}: {manifest['examples_in_shard']} "
         f"images x {len(manifest['written'])} variants written, "
         f"{len(manifest['skipped_existing'])} already present, under {config.output_dir}")
 
 
-def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("input_pattern", None, "TFRecords to corrupt (glob, comma list).")
-  flags.DEFINE_string("output_dir", None, "Writes {corruption}/{severity}/*.tfrecord here.")
-  flags.DEFINE_string("corruptions", "all",
-                      "all (the 15 ImageNet-C ones), validation (the 4 extra), or a list.")
-  flags.DEFINE_string("severities", "1,2,3,4,5", "Comma-separated severities in 1..5.")
-  flags.DEFINE_integer("shard_index", 0, "This worker's index.")
-  flags.DEFINE_integer("num_shards", 1, "Number of parallel workers.")
-  flags.DEFINE_integer("max_examples", 0, "Only the first N input records (0: all).")
-  flags.DEFINE_integer("seed", 0, "Global seed; per-image seeds derive from it and the id.")
-  flags.DEFINE_enum("small_images", "pad", ["pad", "resize"],
-                    "Images under 32x32: zero-pad centred, or resize (bicubic).")
-  flags.DEFINE_bool("overwrite", False, "Rewrite variants whose file already exists.")
-  flags.DEFINE_integer("max_bad_records", pipeline.DEFAULT_MAX_BAD_RECORDS, "Bad records are "
-                       "skipped and listed in the manifest; more than this many stop it.")
-  flags.mark_flags_as_required(["input_pattern", "output_dir"])
-
-
 if __name__ == "__main__":
-  _define_flags()
+  config_flags.define(CorruptConfig)
   cli.run(main)

@@ -2,7 +2,10 @@ r"""The semi-supervised split: a labeled training set -> labeled / dev / unlabel
 
     python -m data.split --input_pattern='/tmp/fmnist/train-*' \
         --output_dir=/tmp/fmnist_ssl --labeled_per_class=100 --dev_per_class=50 \
-        --seed=0 --num_shards=8
+        --seed=0 --num_output_shards=8
+
+The flags are `SplitSettings` (`data.config_flags`); `--num_shards` is the old name of
+`--num_output_shards`.
 
 Per class c, the records of c (in input order) are permuted with a generator seeded by
 (seed, c); the first `labeled_per_class` go to `labeled`, the next `dev_per_class` to
@@ -29,17 +32,19 @@ the summary. More than --max_bad_records of them, or a truncated file (named), s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 
-from absl import flags
 import numpy as np
 import tensorflow as tf
 
 from data import cli
+from data import config_flags
 from data import fileio
 from data import make_tfrecords
 from data import pipeline
 from data import schema
+from data.config_flags import setting
 
 SPLITS = ("labeled", "dev", "unlabeled")
 SUMMARY = "split_summary.json"
@@ -110,16 +115,16 @@ def hide_label(serialized: bytes) -> bytes:
 
 
 def split(input_pattern: str, output_dir: str, *, labeled_per_class: int,
-          dev_per_class: int = 0, seed: int = 0, num_shards: int = 8,
+          dev_per_class: int = 0, seed: int = 0, num_output_shards: int = 8,
           max_bad_records: int = pipeline.DEFAULT_MAX_BAD_RECORDS,
           decode_images: bool = True) -> dict:
   """Writes the three splits and the summary; returns the summary dict."""
   if labeled_per_class < 1 or dev_per_class < 0:
     raise ValueError(f"--labeled_per_class must be >= 1 and --dev_per_class >= 0, got "
                      f"{labeled_per_class} and {dev_per_class}")
-  if num_shards < 1 or max_bad_records < 0:
-    raise ValueError(f"--num_shards must be >= 1 and --max_bad_records >= 0, got "
-                     f"{num_shards} and {max_bad_records}")
+  if num_output_shards < 1 or max_bad_records < 0:
+    raise ValueError(f"--num_output_shards must be >= 1 and --max_bad_records >= 0, got "
+                     f"{num_output_shards} and {max_bad_records}")
   files = fileio.list_record_files(input_pattern)
   fileio.makedirs(output_dir)
   labels, skipped = read_labels(files, decode_images)
@@ -132,10 +137,10 @@ def split(input_pattern: str, output_dir: str, *, labeled_per_class: int,
   good = labels != BAD
   dest = np.full(len(labels), BAD, np.int64)
   dest[good] = choose(labels[good], labeled_per_class, dev_per_class, seed)
-  shard = shard_of_each(dest, num_shards, seed)
+  shard = shard_of_each(dest, num_output_shards, seed)
   present = [s for s in range(len(SPLITS)) if np.any(dest == s)]
-  names = {(s, j): make_tfrecords.shard_name(SPLITS[s], j, num_shards)
-           for s in present for j in range(num_shards)}
+  names = {(s, j): make_tfrecords.shard_name(SPLITS[s], j, num_output_shards)
+           for s in present for j in range(num_output_shards)}
   with contextlib.ExitStack() as stack:
     writers = {}
     for key, name in names.items():
@@ -151,7 +156,7 @@ def split(input_pattern: str, output_dir: str, *, labeled_per_class: int,
     make_tfrecords.remove_stale_shards(
         output_dir, name, {n for (t, _), n in names.items() if t == s})
   summary = _summary(files, labels, dest, names, seed, labeled_per_class, dev_per_class,
-                     num_shards)
+                     num_output_shards)
   summary.update(num_skipped=len(skipped), skipped=skipped)
   if skipped:
     print(f"skipped {len(skipped)} bad records, listed in {SUMMARY}")
@@ -175,34 +180,33 @@ def _summary(files, labels, dest, names, seed, labeled_per_class, dev_per_class,
   return out
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-  flags.DEFINE_string("input_pattern", None, "Labeled TFRecords (e.g. '.../train-*').")
-  flags.DEFINE_string("output_dir", None, "Where the splits go.")
-  flags.DEFINE_integer("labeled_per_class", None, "Labeled images kept per class.")
-  flags.DEFINE_integer("dev_per_class", 0, "Held-out dev images per class.")
-  flags.DEFINE_integer("seed", 0, "Seed of the per-class choice and of the sharding.")
-  flags.DEFINE_integer("num_shards", 8, "Shards per output split.")
-  flags.DEFINE_integer("max_bad_records", pipeline.DEFAULT_MAX_BAD_RECORDS,
-                       "Bad records are skipped and listed; more than this many stop it.")
-  flags.DEFINE_bool("decode_images", True, "Decode every image to find the bad ones "
-                    "(off: only records that do not parse; faster on large JPEG sets).")
-  flags.mark_flags_as_required(["input_pattern", "output_dir", "labeled_per_class"])
+@dataclasses.dataclass(frozen=True)
+class SplitSettings:
+  """`data.split`'s flags."""
+  input_pattern: str = setting(None, "Labeled TFRecords (e.g. '.../train-*').",
+                               required=True)
+  output_dir: str = setting(None, "Where the splits go.", required=True)
+  labeled_per_class: int = setting(None, "Labeled images kept per class.", required=True)
+  dev_per_class: int = setting(0, "Held-out dev images per class.")
+  seed: int = setting(0, "Seed of the per-class choice and of the sharding.")
+  num_output_shards: int = setting(8, "Shards per output split.", aliases=["num_shards"])
+  max_bad_records: int = setting(pipeline.DEFAULT_MAX_BAD_RECORDS, "Bad records are "
+                                 "skipped and listed; more than this many stop it.")
+  decode_images: bool = setting(True, "Decode every image to find the bad ones (off: only "
+                                "records that do not parse; faster on large JPEG sets).")
 
 
 def main(argv):
   del argv
-  summary = split(FLAGS.input_pattern, FLAGS.output_dir,
-                  labeled_per_class=FLAGS.labeled_per_class,
-                  dev_per_class=FLAGS.dev_per_class, seed=FLAGS.seed,
-                  num_shards=FLAGS.num_shards, max_bad_records=FLAGS.max_bad_records,
-                  decode_images=FLAGS.decode_images)
-  print(", ".join(f"{s}: {summary[s]['num_records']}" for s in SPLITS),
-        f"-> {FLAGS.output_dir}")
+  s = config_flags.read(SplitSettings)
+  summary = split(s.input_pattern, s.output_dir, labeled_per_class=s.labeled_per_class,
+                  dev_per_class=s.dev_per_class, seed=s.seed,
+                  num_output_shards=s.num_output_shards,
+                  max_bad_records=s.max_bad_records, decode_images=s.decode_images)
+  print(", ".join(f"{name}: {summary[name]['num_records']}" for name in SPLITS),
+        f"-> {s.output_dir}")
 
 
 if __name__ == "__main__":
-  define_flags()
+  config_flags.define(SplitSettings)
   cli.run(main)

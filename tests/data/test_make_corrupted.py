@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from data import config_flags
 from data import fileio
 from data import make_corrupted as mc
 from data import schema
@@ -138,9 +139,15 @@ def test_every_common_corruption_keeps_shape_and_dtype():
 
 
 def test_flag_parsing_and_validation():
-  assert mc.parse_corruptions("all") == mc.COMMON and len(mc.COMMON) == 15
-  assert mc.parse_corruptions("fog, snow") == ("fog", "snow")
-  assert mc.parse_severities("1,3") == (1, 3)
+  parse = lambda *args: config_flags.parse_args(
+      mc.CorruptConfig, ["--input_pattern=x", "--output_dir=y", *args])
+  assert parse() == parse("--corruptions=all") == mc.CorruptConfig("x", "y")
+  assert parse().corruptions == mc.COMMON and len(mc.COMMON) == 15
+  assert parse().severities == (1, 2, 3, 4, 5) and parse().small_images == "pad"
+  assert parse("--corruptions=validation").corruptions == mc.VALIDATION
+  assert parse("--corruptions=fog, snow").corruptions == ("fog", "snow")
+  assert parse("--severities=1,3").severities == (1, 3)
+  assert parse("--shard_index=1", "--num_shards=2").num_shards == 2
   with pytest.raises(ValueError, match="unknown corruptions"):
     mc.CorruptConfig("x", "y", corruptions=("rain",))
   with pytest.raises(ValueError, match="shard_index"):

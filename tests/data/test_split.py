@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from data import config_flags
 from data import fileio
 from data import schema
 from data import split
@@ -52,7 +53,7 @@ def test_split_counts_disjoint_and_hidden_labels(labeled_set, tmp_path):
   pattern, records = labeled_set
   out = tmp_path / "ssl"
   summary = split.split(pattern, str(out), labeled_per_class=3, dev_per_class=2, seed=0,
-                        num_shards=2)
+                        num_output_shards=2)
   parts = {s: _read(str(out / f"{s}-*")) for s in split.SPLITS}
   assert {s: len(p) for s, p in parts.items()} == {"labeled": 9, "dev": 6, "unlabeled": 17}
   assert summary["labeled"]["counts_per_class"] == {"0": 3, "1": 3, "2": 3}
@@ -81,7 +82,7 @@ def test_split_counts_disjoint_and_hidden_labels(labeled_set, tmp_path):
 
 def test_split_is_deterministic_and_seeded(labeled_set, tmp_path):
   pattern, _ = labeled_set
-  kwargs = dict(labeled_per_class=4, num_shards=3)
+  kwargs = dict(labeled_per_class=4, num_output_shards=3)
   split.split(pattern, str(tmp_path / "a"), seed=1, **kwargs)
   split.split(pattern, str(tmp_path / "b"), seed=1, **kwargs)
   split.split(pattern, str(tmp_path / "c"), seed=2, **kwargs)
@@ -118,11 +119,25 @@ def test_command_line(labeled_set, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "data.split", f"--input_pattern={pattern}",
        f"--output_dir={out}", "--labeled_per_class=2", "--dev_per_class=1", "--seed=0",
-       "--num_shards=1"], cwd=REPO, capture_output=True, text=True, timeout=120,
+       "--num_output_shards=1"], cwd=REPO, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-2000:]
   assert "labeled: 6, dev: 3, unlabeled: 23" in result.stdout
   assert json.loads((out / "split_summary.json").read_text())["num_input_records"] == 32
+
+
+def test_flags_are_made_from_the_settings():
+  """The driver's recorded data.split command (old name --num_shards) still parses."""
+  recorded = ["--input_pattern=W/data/records/train-*", "--output_dir=W/data/split",
+              "--labeled_per_class=90", "--dev_per_class=10", "--num_shards=4", "--seed=0"]
+  settings = config_flags.parse_args(split.SplitSettings, recorded)
+  assert settings == split.SplitSettings(
+      input_pattern="W/data/records/train-*", output_dir="W/data/split",
+      labeled_per_class=90, dev_per_class=10, num_output_shards=4)
+  assert config_flags.to_args(settings)[-1] == "--num_output_shards=4"
+  defaults = split.SplitSettings(input_pattern="p", output_dir="o", labeled_per_class=1)
+  assert (defaults.dev_per_class, defaults.num_output_shards, defaults.decode_images) == (
+      0, 8, True)
 
 
 def _add_bad_records(directory):
@@ -141,7 +156,8 @@ def _add_bad_records(directory):
 def test_bad_records_are_skipped_listed_and_limited(labeled_set, tmp_path):
   pattern, records = labeled_set
   _add_bad_records(tmp_path)
-  summary = split.split(pattern, str(tmp_path / "out"), labeled_per_class=2, num_shards=1)
+  summary = split.split(pattern, str(tmp_path / "out"), labeled_per_class=2,
+                        num_output_shards=1)
   written = {s: _read(str(tmp_path / "out" / f"{s}-*")) for s in ("labeled", "unlabeled")}
   assert set(written["labeled"]) | set(written["unlabeled"]) == set(records) | {
       "extra/good-0", "extra/good-1"}
