@@ -99,7 +99,7 @@ def test_shards_cover_every_record_once_with_source_bytes(world, tmp_path):
                                  atol=1e-5)
       assert out[schema.PSEUDO_LABEL].int64_list.value[0] == probs.argmax()
       label_stats.accumulate(hist, [out[schema.PSEUDO_LABEL].int64_list.value[0]],
-                           [out[schema.PSEUDO_CONFIDENCE].float_list.value[0]])
+                             [out[schema.PSEUDO_CONFIDENCE].float_list.value[0]])
   np.testing.assert_array_equal(np.sum([s["histogram"] for s in stats], axis=0), hist)
   corrupt = [c for s in stats for c in s["corrupt_records"]]
   assert sum(s["num_corrupt"] for s in stats) == 2

@@ -125,8 +125,8 @@ def _write_predictions(directory, per_file, seed=0, num_shards=1):
   for i in range(num_shards):
     part = hist if i == 0 else np.zeros_like(hist)
     stats = label_stats.make_label_stats(shard_index=i, num_shards=num_shards,
-                                       histogram=part, files=files[i::num_shards],
-                                       corrupt=[], settings={})
+                                         histogram=part, files=files[i::num_shards],
+                                         corrupt=[], settings={})
     label_stats.write_label_stats(
         os.path.join(directory, label_stats.label_stats_name(i, num_shards)), stats)
   return records
@@ -479,11 +479,11 @@ def test_samples_png_has_one_row_per_class_of_distinct_selected_images(tmp_path)
   for label, conf, _ in rows:
     label_stats.accumulate(hist, [label], [np.float32(conf)])
   label_stats.write_label_stats(str(pred / label_stats.label_stats_name(0, 1)),
-                              label_stats.make_label_stats(
-                                  shard_index=0, num_shards=1, histogram=hist,
-                                  files=[{"input": "p", "output": "p.tfrecord",
-                                          "num_images": len(rows), "num_corrupt": 0}],
-                                  corrupt=[], settings={}))
+                                label_stats.make_label_stats(
+                                    shard_index=0, num_shards=1, histogram=hist,
+                                    files=[{"input": "p", "output": "p.tfrecord",
+                                            "num_images": len(rows), "num_corrupt": 0}],
+                                    corrupt=[], settings={}))
   summary = _run(pred, tmp_path / "sel", k=10, upsample=True)
   assert summary["samples_png"] == {"classes": [0, 1, 2, 3], "images": [8, 3, 1, 0]}
   png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "sel" / "samples.png"))).numpy()
