@@ -92,7 +92,7 @@ robustness: $(STAMP)
 	      base=--baseline_results=$$R/$$b/$$suite/results.json; fi; \
 	    test -f $$R/$$who/$$suite/results.json || $(PY) -m noisy_student.evaluate \
 	      --model=$$m --suite=$$suite --output_dir=$$R/$$who/$$suite \
-	      --data_pattern="$$W/data/records/test-*" --max_examples=$(ROBUST_N) \
+	      --eval_pattern="$$W/data/records/test-*" --max_examples=$(ROBUST_N) \
 	      --corruption_pattern="$$W/data/fmnist-c/{corruption}/{severity}/*.tfrecord" $$base; \
 	  done; \
 	done; \
