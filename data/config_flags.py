@@ -23,6 +23,7 @@ code's names. It lives in `data` because both packages' entry points use it.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from typing import Any, Sequence
@@ -66,8 +67,18 @@ def default(cls, name: str):
   return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
+def _calling_module() -> str:
+  """The module that called `define`, named as absl names the main module (for --help)."""
+  name = sys._getframe(2).f_globals.get("__name__", "")
+  return sys.argv[0] if name == "__main__" else name
+
+
 def define(cls, flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
-  """Defines one flag per field of `cls` (and its aliases); returns the flag names."""
+  """Defines one flag per field of `cls` (and its aliases); returns the flag names.
+
+  They are key flags of the calling module, so `python -m <entry point> --help` lists them.
+  """
+  caller = _calling_module()
   names = []
   for f, kind, element in fields(cls):
     help_text, choices = f.metadata[_HELP], f.metadata[_CHOICES]
@@ -81,6 +92,7 @@ def define(cls, flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
       define_fn = {str: flags.DEFINE_string, int: flags.DEFINE_integer,
                    float: flags.DEFINE_float, bool: flags.DEFINE_bool}[kind]
       define_fn(f.name, f.default, help_text, **kw)
+    flag_values.register_key_flag_for_module(caller, flag_values[f.name])
     for alias in f.metadata[_ALIASES]:
       flags.DEFINE_alias(alias, f.name, flag_values=flag_values)
     names.append(f.name)

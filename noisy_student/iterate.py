@@ -4,8 +4,12 @@ Paper Sec. 2 / Algorithm 1, with the iterations of Sec. 3.1 (the student becomes
 teacher, optionally growing). The test split is only ever evaluated, never used to pick
 anything: the trainer's periodic evaluation runs on a dev split held out from the labels.
 
+The data are any image source of `data.make_tfrecords` (Fashion-MNIST's IDX files by
+default, a class-folder tree, a TFDS dataset): its training pool is split into labeled,
+dev and unlabeled images, its test split only evaluates.
+
 Layout of `workdir`:
-  data/records/{train,test}-*.tfrecord      all of Fashion-MNIST, from the IDX files
+  data/records/{train,test}-*.tfrecord      the train and test sources as TFRecords
   data/split/{labeled,dev,unlabeled}-*      the semi-supervised split (labels of
                                             `unlabeled` hidden)
   iter0/teacher/                            supervised baseline = first teacher
@@ -59,11 +63,15 @@ class ExperimentConfig:
   """Everything that defines one Noisy Student experiment."""
   workdir: str
   fashion_mnist_dir: str = "/usr/share/datasets/fashion-mnist"
+  train_source: str = "fashion_mnist:train"  # data.make_tfrecords --source
+  test_source: str = "fashion_mnist:test"
+  train_source_images: int = FASHION_MNIST_TRAIN_IMAGES  # images in train_source
+  small_image: bool = True
   seed: int = 0
   num_classes: int = 10
   image_size: int = 32
   record_shards: int = 4
-  max_train_images: int = 0  # 0: all 60,000; smaller for smoke runs
+  max_train_images: int = 0  # 0: all of train_source; smaller for smoke runs
   max_test_images: int = 0  # 0: all 10,000
   labeled_per_class: int = 100
   dev_per_class: int = 10
@@ -100,7 +108,7 @@ class ExperimentConfig:
 
   @property
   def num_train_images(self) -> int:
-    return self.max_train_images or FASHION_MNIST_TRAIN_IMAGES
+    return self.max_train_images or self.train_source_images
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -136,8 +144,9 @@ def model_stage(iteration: int) -> str:
 
 def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
   records = c.path("data", "records")
+  source = {"train": c.train_source, "test": c.test_source}
   make = lambda split, limit: (
-      "data.make_tfrecords", f"--source=fashion_mnist:{split}",
+      "data.make_tfrecords", f"--source={source[split]}",
       f"--fashion_mnist_dir={c.fashion_mnist_dir}", f"--output_dir={records}",
       f"--split_name={split}", f"--num_shards={c.record_shards}", f"--seed={c.seed}",
       f"--max_examples={limit}")
@@ -179,7 +188,7 @@ def _train_settings(c: ExperimentConfig, model_dir: str, model: ModelSpec,
   return settings_lib.TrainSettings(
       model_dir=model_dir, train_pattern=train_pattern,
       eval_pattern=f"{c.path('data', 'split')}/dev-*", num_classes=c.num_classes,
-      image_size=c.image_size, small_image=True, model_name=model.name,
+      image_size=c.image_size, small_image=c.small_image, model_name=model.name,
       width_coefficient=model.width, depth_coefficient=model.depth,
       train_batch_size=batch_size or c.batch_size, train_steps=steps,
       eval_every_steps=c.eval_every_steps, augment=noise.augment,

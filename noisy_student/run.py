@@ -1,8 +1,11 @@
 r"""Runs the whole Noisy Student method end to end (paper Algorithm 1 with iterations).
 
   python -m noisy_student.run --flagfile=flags/fashion_mnist_demo.flags --workdir=runs/demo
+  python -m noisy_student.run --flagfile=flags/svhn.flags --workdir=runs/svhn
 
-Stages: TFRecords from the Fashion-MNIST IDX files, the semi-supervised split, the
+Stages: TFRecords from the sources (Fashion-MNIST's IDX files by default; any
+`data.make_tfrecords --source`: a class-folder tree, a TFDS dataset), the
+semi-supervised split, the
 teacher (= supervised baseline), then per iteration: label the unlabeled set (N shard
 jobs), filter and balance, train the noised student, evaluate it on the test split. The
 student becomes the next teacher. Each student also gets a compute-matched control
@@ -25,9 +28,6 @@ from noisy_student import iterate
 from noisy_student import report
 from noisy_student import settings as settings_lib
 
-NUM_CLASSES = 10
-
-
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
                       ) -> iterate.ExperimentConfig:
   """The experiment the parsed flags (`settings.ExperimentSettings`) describe."""
@@ -39,13 +39,16 @@ def config_from_settings(s: settings_lib.ExperimentSettings) -> iterate.Experime
   widths, depths = list(s.student_widths), list(s.student_depths)
   depths += depths[-1:] * (len(widths) - len(depths))
   widths += widths[-1:] * (len(depths) - len(widths))
+  source_images = s.train_source_images or _fashion_mnist_images(s)
   # Default K: the unlabeled images per class, so balancing keeps the set's size.
-  train_images = s.max_train_images or iterate.FASHION_MNIST_TRAIN_IMAGES
   images_per_class = s.images_per_class or max(
-      1, train_images // NUM_CLASSES - s.labeled_per_class)
+      1, (s.max_train_images or source_images) // s.num_classes - s.labeled_per_class)
   return iterate.ExperimentConfig(
-      workdir=s.workdir, fashion_mnist_dir=s.fashion_mnist_dir, seed=s.seed,
-      num_classes=NUM_CLASSES, max_train_images=s.max_train_images,
+      workdir=s.workdir, fashion_mnist_dir=s.fashion_mnist_dir,
+      train_source=s.train_source, test_source=s.test_source,
+      train_source_images=source_images, small_image=s.small_image,
+      image_size=s.image_size, seed=s.seed,
+      num_classes=s.num_classes, max_train_images=s.max_train_images,
       max_test_images=s.max_test_images, record_shards=s.record_shards,
       labeled_per_class=s.labeled_per_class, dev_per_class=s.dev_per_class,
       iterations=s.iterations,
@@ -68,6 +71,14 @@ def config_from_settings(s: settings_lib.ExperimentSettings) -> iterate.Experime
       upper_bound_train_steps=s.upper_bound_train_steps,
       upper_bound_batch_size=s.upper_bound_batch_size,
       extra_train_flags=s.extra_train_flags)
+
+
+def _fashion_mnist_images(s: settings_lib.ExperimentSettings) -> int:
+  if s.train_source != "fashion_mnist:train":
+    raise ValueError(f"--train_source={s.train_source}: give its size, "
+                     "--train_source_images (it sets the default --images_per_class and "
+                     "the all-labels bound's schedule)")
+  return iterate.FASHION_MNIST_TRAIN_IMAGES
 
 
 def main(argv):

@@ -278,6 +278,19 @@ class ExperimentSettings:
   workdir: str = setting(None, "Where every stage writes its outputs.", required=True)
   fashion_mnist_dir: str = setting("/usr/share/datasets/fashion-mnist",
                                    "Directory with the four Fashion-MNIST IDX files.")
+  train_source: str = setting(
+      "fashion_mnist:train", "The pool split into labeled, dev and unlabeled images: "
+      "fashion_mnist:train, folder:PATH (PATH/<class>/<image>) or tfds:NAME/SPLIT "
+      "(data.make_tfrecords --source).")
+  test_source: str = setting("fashion_mnist:test", "The test images, likewise; only "
+                             "ever evaluated.")
+  train_source_images: int = setting(
+      0, "Images in --train_source (0: Fashion-MNIST's 60,000); sets the default "
+      "--images_per_class and the all-labels bound's schedule.")
+  num_classes: int = setting(10, "Classes of the sources.", aliases=["num_label_classes"])
+  image_size: int = setting(32, "Training and evaluation input side.")
+  small_image: bool = setting(True, "The 32x32 EfficientNet variant (block groups 2, 3 "
+                              "with stride 1) for every model.")
   seed: int = setting(0, "Seed of the split, the training runs and the selection.")
   max_train_images: int = setting(0, "Use a seeded subset of the 60,000 training images "
                                   "(0: all).")

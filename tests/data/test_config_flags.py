@@ -91,3 +91,11 @@ def test_unsupported_field_type_is_refused():
 
   with pytest.raises(TypeError, match="unsupported setting type"):
     config_flags.define(Bad, flags.FlagValues())
+
+
+def test_flags_are_key_flags_of_the_defining_module():
+  """So `python -m <entry point> --help` lists them, not only --helpfull."""
+  fv = flags.FlagValues()
+  config_flags.define(Example, fv)
+  assert {"pattern", "mode", "severities"} <= {
+      f.name for f in fv.get_key_flags_for_module(__name__)}

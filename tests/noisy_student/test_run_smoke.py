@@ -102,3 +102,38 @@ def test_driver_smoke_run_and_resume(tmp_path):
   assert rerun == {"iter1/select", "iter1/student", "iter1/student_test", "iter2/label",
                    "iter2/select", "iter2/student", "iter2/student_test"}
   assert "[iter1/select] settings changed: deleting its old outputs" in changed
+
+
+def test_driver_runs_on_a_class_folder_source(tmp_path):
+  """Any data.make_tfrecords source: two class-folder trees (train, test) of 3 classes,
+  tiny PNGs, one iteration, with the student's control."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for split, per_class in (("train", 24), ("test", 6)):
+    for c in range(3):
+      os.makedirs(tmp_path / split / f"class{c}")
+      for i in range(per_class):
+        pixels = (rng.integers(0, 60, (16, 16, 3)) + 90 * c).astype(np.uint8)
+        Image.fromarray(pixels).save(tmp_path / split / f"class{c}" / f"{i}.png")
+  workdir = str(tmp_path / "work")
+  argv = [sys.executable, "-m", "noisy_student.run", f"--workdir={workdir}",
+          f"--train_source=folder:{tmp_path / 'train'}",
+          f"--test_source=folder:{tmp_path / 'test'}", "--train_source_images=72",
+          "--num_classes=3", "--image_size=16", "--labeled_per_class=6",
+          "--dev_per_class=2", "--iterations=1", "--teacher_width=0.1",
+          "--teacher_depth=0.1", "--student_widths=0.1", "--student_depths=0.1",
+          "--batch_size=6", "--unlabeled_ratio=1", "--teacher_train_steps=3",
+          "--student_train_steps=3", "--eval_every_steps=0", "--record_shards=1",
+          "--label_shards=1", "--parallel_jobs=1", "--min_threshold=0",
+          "--extra_train_flags=--steps_per_loop=3,--eval_batch_size=12"]
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert _count(f"{workdir}/data/split/labeled-*") == 3 * 4
+  assert _count(f"{workdir}/data/split/unlabeled-*") == 72 - 3 * 6
+  assert _count(f"{workdir}/data/records/test-*") == 18
+  report = _json(os.path.join(workdir, "report.json"))
+  assert report["iterations"][0]["num_pseudo_labeled"] > 0  # K = 72 / 3 - 6 = 18
+  assert 0 <= report["iterations"][0]["control_accuracy"] <= 1
