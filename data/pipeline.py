@@ -39,6 +39,8 @@ API (keys of each element):
       labelling job's `shard_files(...)`) replaces the pattern's file list.
 
   shard_files(files, shard_index, num_shards) -> the files of one job/pipeline.
+  unlabeled_batch_size(unlabeled_ratio, labeled_batch_size, unlabeled_pattern) -> U =
+      ceil(r B), the one computation and check of the unlabeled part of a batch.
   num_eval_batches(file_pattern, *, global_batch_size, input_context=None) -> the batch
       count every eval pipeline needs so that all run the same number of steps.
 
@@ -66,10 +68,13 @@ import tensorflow as tf
 from data import fileio
 from data import preprocessing
 from data import schema
+from data import shards
 from data.preprocessing import PreprocessConfig
 from data.preprocessing import preprocess_image
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Pseudo-label targets: the stored distribution, or one-hot of its argmax. The one tuple
+# (noisy_student.losses and the flags read it).
 LABEL_TYPES = ("soft", "hard")
 # Stream tags folded into seeds so that the streams draw independent noise.
 _LABELED, _UNLABELED = 0, 1
@@ -91,8 +96,7 @@ def shard_files(files, shard_index: int, num_shards: int) -> list[str]:
   Deterministic, and the shards together cover every file exactly once. A shard gets no
   file when num_shards > len(files).
   """
-  if num_shards < 1 or not 0 <= shard_index < num_shards:
-    raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+  shards.check_shard(shard_index, num_shards)
   return sorted(files)[shard_index::num_shards]
 
 
@@ -136,6 +140,32 @@ def num_eval_batches(file_pattern: str, *, global_batch_size: int,
   most = max(math.ceil(count_records(shard_files(files, i, pipelines)) / batch)
              for i in range(pipelines))
   return max(1, math.ceil(most / replicas)) * replicas
+
+
+def check_label_type(label_type: str) -> None:
+  if label_type not in LABEL_TYPES:
+    raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
+
+
+def unlabeled_batch_size(unlabeled_ratio: float, labeled_batch_size: int,
+                         unlabeled_pattern: str | None) -> int:
+  """U = ceil(r * B): the unlabeled rows that join B labeled rows (paper Sec. 2).
+
+  The one place U is computed and r checked (the task and the pipeline both call it).
+
+  Args:
+    unlabeled_ratio: r >= 0; 0 trains on labeled data only.
+    labeled_batch_size: B (global or per replica: U follows it).
+    unlabeled_pattern: the unlabeled TFRecords; needed when r > 0.
+  Raises:
+    ValueError: r < 0, or r > 0 without unlabeled data.
+  """
+  if unlabeled_ratio < 0:
+    raise ValueError(f"unlabeled_ratio must be >= 0, got {unlabeled_ratio}")
+  if unlabeled_ratio > 0 and not unlabeled_pattern:
+    raise ValueError(f"unlabeled_ratio={unlabeled_ratio} needs unlabeled data: set "
+                     "--unlabeled_pattern")
+  return math.ceil(unlabeled_ratio * labeled_batch_size)
 
 
 # ----------------------------------------------------------------------- seeds, streams
@@ -358,10 +388,9 @@ def labeled_unlabeled_dataset(
     max_bad_records: the limit of each stream (labeled, unlabeled) separately; offline,
       unlabeled records without a pseudo label are bad records too.
   """
-  if label_type not in LABEL_TYPES:
-    raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
-  if unlabeled_ratio < 0:
-    raise ValueError(f"unlabeled_ratio must be >= 0, got {unlabeled_ratio}")
+  check_label_type(label_type)
+  unlabeled_size = unlabeled_batch_size(unlabeled_ratio, labeled_batch_size,
+                                        unlabeled_pattern)
   unlabeled_preprocess = unlabeled_preprocess or preprocess
   if unlabeled_preprocess.image_size != preprocess.image_size:
     raise ValueError("labeled and unlabeled images must have the same image_size, got "
@@ -372,10 +401,7 @@ def labeled_unlabeled_dataset(
                              shuffle_buffer, initial_epoch, max_bad_records)
   if unlabeled_ratio == 0:
     return labeled.prefetch(AUTOTUNE).with_options(_options(deterministic))
-  if not unlabeled_pattern:
-    raise ValueError(f"unlabeled_ratio={unlabeled_ratio} needs an unlabeled_pattern")
-  unlabeled_batch = _per_replica(math.ceil(unlabeled_ratio * labeled_batch_size),
-                                 input_context)
+  unlabeled_batch = _per_replica(unlabeled_size, input_context)
   files, ids = _pipeline_files(unlabeled_pattern, input_context)
   if with_clean_unlabeled and clean_preprocess is None:
     clean_preprocess = unlabeled_preprocess.for_eval()

@@ -63,8 +63,7 @@ def resolve_shard_index(value: str | int, num_shards: int,
     ValueError (one line): not an integer or "auto", no scheduler variable, or an index
       out of range (naming the variable it came from).
   """
-  if num_shards < 1:
-    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+  check_num_shards(num_shards)  # Before the environment is read.
   source = "--shard_index"
   if isinstance(value, str) and value.strip().lower() == AUTO:
     index, name = index_from_environment(environ)
@@ -75,7 +74,27 @@ def resolve_shard_index(value: str | int, num_shards: int,
     except (TypeError, ValueError):
       raise ValueError(f"--shard_index must be an integer or 'auto', "
                        f"got {value!r}") from None
-  if not 0 <= index < num_shards:
-    raise ValueError(f"{source}: shard index {index} out of range for num_shards "
-                     f"{num_shards}")
+  check_shard(index, num_shards, source)
   return index
+
+
+def check_num_shards(num_shards: int) -> None:
+  if num_shards < 1:
+    raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+
+
+def check_shard(shard_index: int, num_shards: int, source: str = "") -> None:
+  """The one check of a job's shard: num_shards >= 1 and 0 <= shard_index < num_shards.
+
+  Every sharded job (label, select, the file sharding of data.pipeline.shard_files)
+  calls it.
+
+  Args:
+    source: where the index came from, to name in the message (e.g. "--shard_index").
+  Raises:
+    ValueError (one line).
+  """
+  check_num_shards(num_shards)
+  if not 0 <= shard_index < num_shards:
+    what = f"{source}: shard index" if source else "shard_index"
+    raise ValueError(f"{what} {shard_index} out of range for num_shards {num_shards}")

@@ -26,6 +26,7 @@ import struct
 import urllib.request
 
 import numpy as np
+import tensorflow as tf
 
 from data import fileio
 from data import schema
@@ -55,6 +56,7 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 _FASHION_MNIST_PREFIX = {"train": "train", "test": "t10k"}
 _FASHION_MNIST_COUNT = {"train": 60000, "test": 10000}
 
+# The one list of image-file extensions of class folders (`folder_images`).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm")
 
@@ -224,14 +226,43 @@ def _encoded_from_file_bytes(data: bytes, where: str) -> Encoded:
     raise CorruptImage(f"{where}: {type(e).__name__}: {e}") from e
 
 
-def _list_images(directory: str) -> list[str]:
-  """Image files under `directory` (recursive), sorted, hidden files skipped."""
+def list_images(directory: str) -> list[str]:
+  """Image files (IMAGE_EXTENSIONS) under `directory`, recursive, sorted.
+
+  Hidden files and folders are skipped (so are temporaries, `.tmp-*`). Local or remote
+  paths (tf.io.gfile).
+  """
   found = []
-  for root, dirs, files in os.walk(directory):
-    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+  for root, dirs, files in tf.io.gfile.walk(directory):
+    dirs[:] = sorted(d.rstrip("/") for d in dirs if not d.startswith("."))
     found.extend(os.path.join(root, f) for f in files
                  if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
   return sorted(found)
+
+
+def folder_images(root: str) -> tuple[list[str], list[int], list[str] | None]:
+  """(image paths, labels, class names) of an image folder: the one class-folder listing.
+
+  `root/<class>/.../<image>`: class index = position of <class> among the sorted
+  non-hidden subfolders. A folder without subfolders holds unlabeled images (label -1,
+  class names None).
+
+  Raises:
+    FileNotFoundError: no folder at `root`.
+    ValueError: no images.
+  """
+  if not tf.io.gfile.isdir(root):
+    raise FileNotFoundError(f"image folder {root!r} does not exist")
+  classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
+                   if not d.startswith(".") and tf.io.gfile.isdir(os.path.join(root, d)))
+  if classes:
+    pairs = [(f, c) for c, d in enumerate(classes)
+             for f in list_images(os.path.join(root, d))]
+  else:
+    pairs = [(f, schema.UNLABELED) for f in list_images(root)]
+  if not pairs:
+    raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
+  return [f for f, _ in pairs], [c for _, c in pairs], classes or None
 
 
 class FolderSource:
@@ -243,22 +274,11 @@ class FolderSource:
 
   def __init__(self, path: str):
     path = os.path.normpath(path)
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f"image folder {path!r} does not exist")
     self.path = path
     self.name = f"folder:{path}"
     self.split = "train"
-    subdirs = sorted(d for d in os.listdir(path)
-                     if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
-    if subdirs:
-      self.class_names = subdirs
-      self._files = [(f, c) for c, d in enumerate(subdirs)
-                     for f in _list_images(os.path.join(path, d))]
-    else:
-      self.class_names = None
-      self._files = [(f, schema.UNLABELED) for f in _list_images(path)]
-    if not self._files:
-      raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {path!r}")
+    files, labels, self.class_names = folder_images(path)
+    self._files = list(zip(files, labels))
 
   def items(self) -> list[Item]:
     base = os.path.basename(self.path)

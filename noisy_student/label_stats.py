@@ -36,6 +36,9 @@ STATS_FORMAT = "noisy_student.label.stats/1"
 LABEL_SETTINGS = "label-settings.json"
 LABEL_SETTINGS_FORMAT = "noisy_student.label.settings/1"
 FILES_DIR = "_files"
+# Predictions are stored at T = 1, the teacher's own distribution: selection filters on
+# its confidence, and the trainer's --teacher_temperature is the one sharpening.
+TEMPERATURE = 1.0
 _STATS_GLOB = "stats-*-of-*.json"
 _STATS_RE = re.compile(r"^stats-(\d{5})-of-(\d{5})\.json$")
 _BIN_EDGES = (np.arange(NUM_BINS) / 100.0).astype(np.float32)
@@ -285,8 +288,8 @@ def read_label_stats(predictions: str) -> LabelStats:
 
 
 def _check_temperature(path: str, settings: dict) -> None:
-  t = float(settings.get("temperature", 1.0))
-  if t != 1.0:
+  t = float(settings.get("temperature", TEMPERATURE))
+  if t != TEMPERATURE:
     raise ValueError(f"{path}: predictions sharpened at temperature {t:g}; selection "
                      "filters on the teacher's T = 1 confidence: relabel them, and pass "
                      "the temperature to noisy_student.train --teacher_temperature")

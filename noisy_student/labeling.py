@@ -50,9 +50,11 @@ import tensorflow as tf
 from data import fileio
 from data import pipeline
 from data import schema
+from data import shards
 from data.preprocessing import PreprocessConfig
 from noisy_student import job_io
 from noisy_student import label_stats
+from noisy_student import losses
 from noisy_student import model_io
 
 STORAGES = ("float32", "float16")
@@ -89,9 +91,7 @@ class LabelConfig:
   noised: bool = False
 
   def __post_init__(self):
-    if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
-      raise ValueError(f"shard_index {self.shard_index} out of range for num_shards "
-                       f"{self.num_shards}")
+    shards.check_shard(self.shard_index, self.num_shards)
     if self.storage not in STORAGES:
       raise ValueError(f"storage must be one of {STORAGES}, got {self.storage!r}")
     if self.soft_label_top_k < 0 or self.batch_size < 1:
@@ -105,7 +105,7 @@ class LabelConfig:
     "temperature" is always 1 (the stored distribution is the teacher's own); it stays
     so that selection can refuse predictions sharpened by older versions.
     """
-    return {"teacher_weights": teacher_weights, "temperature": 1.0,
+    return {"teacher_weights": teacher_weights, "temperature": label_stats.TEMPERATURE,
             "soft_label_top_k": self.soft_label_top_k, "storage": self.storage,
             "num_classes": int(teacher_config["num_classes"]),
             "image_size": int(teacher_config["image_size"]),
@@ -281,8 +281,10 @@ class Teacher:
   def soft_labels(self, images: tf.Tensor) -> tf.Tensor:
     """images: [b, S, S, 3] float32 in [0, 255] -> [b, C] float32 p = softmax(logits)."""
     out = tf.cast(self.model(images, training=self._training), tf.float32)
-    # softmax(log_softmax(z)): the same bits as the T = 1 labels of earlier versions.
-    return tf.nn.softmax(tf.nn.log_softmax(out, axis=-1), axis=-1)
+    # From log-probabilities, softmax(log_softmax(z) / 1): the same bits as the labels
+    # of earlier versions.
+    return losses.apply_temperature(tf.nn.log_softmax(out, axis=-1),
+                                    label_stats.TEMPERATURE, from_logits=True)
 
   def _distributed_step(self, batch):
     return self.strategy.run(self.soft_labels, args=(batch["image"],))

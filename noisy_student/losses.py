@@ -4,10 +4,11 @@ One forward pass over the concatenation of B labeled and U = ceil(r * B) unlabel
 images. Per-example cross entropy against:
   * labeled rows: the one-hot label with label smoothing 0.1;
   * unlabeled rows, soft labels: the teacher's distribution q = p^(1/T) / sum p^(1/T)
-    (online: softmax(teacher_logits / T)), unsmoothed. This is the ONE place the
-    temperature T (`teacher_temperature`) is applied: noisy_student.label stores the
-    teacher's T = 1 distribution p and selection filters on its confidence, as the
-    official code does (filter_unlabel.py on p, main.py sharpening while training);
+    (online: softmax(teacher_logits / T)), unsmoothed. `apply_temperature` is the ONE
+    function that applies a temperature: here with T = `teacher_temperature`; the
+    labeller (noisy_student.label) stores the teacher's T = 1 distribution p through it
+    and selection filters on p's confidence, as the official code does
+    (filter_unlabel.py on p, main.py sharpening while training);
   * unlabeled rows, hard labels: one-hot argmax of the teacher, smoothed like labels.
 
 Two weightings of the parts:
@@ -29,8 +30,10 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from data import pipeline
+
 WEIGHTINGS = ("official", "mean")
-LABEL_TYPES = ("soft", "hard")
+LABEL_TYPES = pipeline.LABEL_TYPES  # One tuple: the pipeline builds the offline targets.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +47,7 @@ class LossConfig:
   def __post_init__(self):
     if self.weighting not in WEIGHTINGS:
       raise ValueError(f"loss weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-    if self.label_type not in LABEL_TYPES:
-      raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {self.label_type!r}")
+    pipeline.check_label_type(self.label_type)
     if self.teacher_temperature <= 0:
       raise ValueError(f"teacher_temperature must be > 0, got {self.teacher_temperature}")
 
@@ -62,11 +64,24 @@ def cross_entropy(targets: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
   return -tf.reduce_sum(targets * tf.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
-def sharpen(probs: tf.Tensor, temperature: float) -> tf.Tensor:
-  """p^(1/T) / sum p^(1/T) over the last axis (official offline soft labels)."""
+def apply_temperature(values: tf.Tensor, temperature: float, *,
+                      from_logits: bool) -> tf.Tensor:
+  """The teacher's distribution at temperature T: the one place T is applied.
+
+  Args:
+    values: [..., C] float32 logits (or log-probabilities) when `from_logits`, else
+      probabilities p.
+    temperature: T > 0.
+  Returns:
+    [..., C] float32: softmax(values / T) from logits; p^(1/T) / sum p^(1/T) from
+    probabilities (the same distribution; the official offline soft labels), p itself
+    when T = 1.
+  """
+  if from_logits:
+    return tf.nn.softmax(values / temperature, axis=-1)
   if temperature == 1.0:
-    return probs
-  scaled = tf.pow(tf.maximum(probs, 0.0), 1.0 / temperature)
+    return values
+  scaled = tf.pow(tf.maximum(values, 0.0), 1.0 / temperature)
   return scaled / tf.maximum(tf.reduce_sum(scaled, axis=-1, keepdims=True), 1e-30)
 
 
@@ -76,7 +91,7 @@ def teacher_targets(teacher_logits: tf.Tensor, label_type: str,
   teacher_logits = tf.stop_gradient(tf.cast(teacher_logits, tf.float32))
   if label_type == "hard":
     return tf.one_hot(tf.argmax(teacher_logits, axis=-1), tf.shape(teacher_logits)[-1])
-  return tf.nn.softmax(teacher_logits / temperature, axis=-1)
+  return apply_temperature(teacher_logits, temperature, from_logits=True)
 
 
 def student_targets(targets: tf.Tensor, is_unlabeled: tf.Tensor,
@@ -98,7 +113,8 @@ def student_targets(targets: tf.Tensor, is_unlabeled: tf.Tensor,
   if config.label_type == "hard":
     unlabeled_targets = smoothed
   else:
-    unlabeled_targets = sharpen(targets, config.teacher_temperature)
+    unlabeled_targets = apply_temperature(targets, config.teacher_temperature,
+                                          from_logits=False)
   return tf.where(unlabeled, unlabeled_targets, smoothed)
 
 

@@ -64,6 +64,7 @@ import tensorflow as tf
 
 from data import fileio
 from data import schema
+from data import shards
 from noisy_student import job_io
 from noisy_student import label_stats
 from noisy_student import selection_samples
@@ -544,9 +545,7 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
     EmptySelectionError: no prediction reaches its class's threshold, or (once all
       shards are done) nothing was written.
   """
-  if not 0 <= job.shard_index < job.num_shards:
-    raise ValueError(f"shard_index {job.shard_index} out of range for num_shards "
-                     f"{job.num_shards}")
+  shards.check_shard(job.shard_index, job.num_shards)
   if job.files_per_shard < 1:
     raise ValueError(f"num_output_shards must be >= 1, got {job.files_per_shard}")
   stats = label_stats.read_label_stats(job.predictions)

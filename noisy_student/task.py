@@ -13,7 +13,6 @@ from clean, eval-preprocessed copies of the same images.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import keras
@@ -98,7 +97,8 @@ class TaskConfig:
 
   @property
   def unlabeled_batch_size(self) -> int:
-    return math.ceil(self.loss.unlabeled_ratio * self.train_batch_size)
+    return pipeline.unlabeled_batch_size(self.loss.unlabeled_ratio, self.train_batch_size,
+                                         self.unlabeled_pattern)
 
   def preprocess(self, augment: str) -> PreprocessConfig:
     """The training preprocessing (evaluation: model_io.eval_preprocess)."""
@@ -133,8 +133,7 @@ class ClassificationTask:
     """Fails with a clear message on bad inputs, before anything is built or trained."""
     c = self.config
     r = c.loss.unlabeled_ratio
-    if r > 0 and not c.unlabeled_pattern:
-      raise ValueError(f"unlabeled_ratio={r} needs unlabeled data: set --unlabeled_pattern")
+    pipeline.unlabeled_batch_size(r, c.train_batch_size, c.unlabeled_pattern)  # Checks r.
     if c.unlabeled_pattern and r <= 0:
       raise ValueError("--unlabeled_pattern is set but unlabeled_ratio is 0: set "
                        "--unlabeled_ratio > 0 (paper: 1 for B0, 3 for B1..B7, 14/28 for L2)")

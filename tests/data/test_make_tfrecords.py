@@ -258,6 +258,29 @@ def test_folder_source_is_deterministic_and_skips_corrupt_images(class_folder, t
   assert np.all(tf.io.decode_png(_feature(bmp, schema.ENCODED)).numpy() == 7)
 
 
+def test_folder_images_is_the_one_class_folder_listing(class_folder, tmp_path):
+  (class_folder / "dog" / "sub").mkdir()
+  (class_folder / "dog" / "sub" / "y.PNG").write_bytes(b"")   # nested, upper-case
+  (class_folder / ".cache").mkdir()                             # hidden: not a class
+  (class_folder / "cat" / ".tmp-x-01.png").write_bytes(b"")     # a temporary
+  files, labels, classes = sources.folder_images(str(class_folder))
+  assert classes == ["cat", "dog"]
+  names = [os.path.relpath(f, class_folder) for f in files]
+  assert names == sorted(names) and len(names) == 23
+  assert "dog/sub/y.PNG" in names and "dog/notes.txt" not in names
+  assert not any(n.startswith(".cache") or "/.tmp-" in n for n in names)
+  assert labels == [0] * 11 + [1] * 12
+  (tmp_path / "flat").mkdir()
+  (tmp_path / "flat" / "a.webp").write_bytes(b"")
+  assert sources.folder_images(str(tmp_path / "flat")) == (
+      [str(tmp_path / "flat" / "a.webp")], [-1], None)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    sources.folder_images(str(tmp_path / "missing"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no images"):
+    sources.folder_images(str(tmp_path / "empty"))
+
+
 def test_flat_folder_is_unlabeled_and_stale_shards_go(tmp_path):
   flat = tmp_path / "flat"
   flat.mkdir()

@@ -313,7 +313,7 @@ def test_labeled_unlabeled_per_replica_and_errors(data_dir):
       str(data_dir / "train-*"), str(data_dir / "unlabeled-*"), max_bad_records=5, **kwargs)
   with pytest.raises(tf.errors.InvalidArgumentError, match="without a pseudo label"):
     _take(offline_without_pseudo, 1)
-  with pytest.raises(ValueError, match="needs an unlabeled_pattern"):
+  with pytest.raises(ValueError, match="needs unlabeled data"):
     pipeline.labeled_unlabeled_dataset(str(data_dir / "train-*"), None, **kwargs)
   only_labeled = pipeline.labeled_unlabeled_dataset(
       str(data_dir / "train-*"), None, **dict(kwargs, unlabeled_ratio=0))

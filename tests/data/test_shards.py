@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from data import pipeline
 from data import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,6 +66,19 @@ def test_explicit_index(clean_env):
       shards.resolve_shard_index(bad, 2)
   with pytest.raises(ValueError, match="num_shards must be >= 1"):
     shards.resolve_shard_index(0, 0)
+
+
+@pytest.mark.parametrize("index, num, message", [
+    (2, 2, "^shard_index 2 out of range for num_shards 2$"),
+    (-1, 3, "^shard_index -1 out of range for num_shards 3$"),
+    (0, 0, "^num_shards must be >= 1, got 0$"),
+])
+def test_check_shard_is_the_file_shardings_check(index, num, message):
+  shards.check_shard(0, 1)
+  with pytest.raises(ValueError, match=message):
+    shards.check_shard(index, num)
+  with pytest.raises(ValueError, match=message):
+    pipeline.shard_files(["a"], index, num)
 
 
 # --------------------------------------------------------------------------- docs
