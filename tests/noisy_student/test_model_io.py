@@ -31,10 +31,10 @@ def test_evaluate_uses_the_stored_mode(tmp_path):
   model_io.save_model(_tiny(), str(tmp_path), {
       "num_classes": 3, "image_size": 16, "small_image": True, "preprocess_mode": "imagenet"})
   evaluator = ev.Evaluator(ev.EvalConfig(model=str(tmp_path), suite="clean",
-                                         output_dir=str(tmp_path / "out"), data_pattern="x"))
+                                         output_dir=str(tmp_path / "out"), eval_pattern="x"))
   assert evaluator.preprocess.mode == "imagenet"
   forced = ev.Evaluator(ev.EvalConfig(model=str(tmp_path), suite="clean",
-                                      output_dir=str(tmp_path / "out"), data_pattern="x",
+                                      output_dir=str(tmp_path / "out"), eval_pattern="x",
                                       preprocess_mode="small"))
   assert forced.preprocess.mode == "small"
 
