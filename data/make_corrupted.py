@@ -49,6 +49,7 @@ from data import cli
 from data import config_flags
 from data import fileio
 from data import pipeline
+from data import shards
 from data import schema
 from data.config_flags import setting
 
@@ -100,9 +101,7 @@ class CorruptConfig:
     object.__setattr__(self, "severities", tuple(self.severities))
     if not self.input_pattern or not self.output_dir:
       raise ValueError("--input_pattern and --output_dir are required")
-    if not 0 <= self.shard_index < self.num_shards:
-      raise ValueError(f"need 0 <= shard_index < num_shards, got "
-                       f"{self.shard_index}, {self.num_shards}")
+    shards.check_shard(self.shard_index, self.num_shards)
     unknown = [c for c in self.corruptions if c not in COMMON + VALIDATION]
     if unknown:
       raise ValueError(f"unknown corruptions {unknown}; choose from {COMMON + VALIDATION}")
