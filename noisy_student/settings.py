@@ -8,7 +8,7 @@ live here once. Names are shared across commands: `*_pattern` for TFRecord globs
 jobs, `num_output_shards` for output files, `teacher_temperature` for the softmax T.
 The official code's flag names are aliases (docs/flags.md has the table).
 
-Defaults that a library config also holds are read from it (`_default`), so that the
+Defaults that a library config also holds are read from it (`config_flags.default`), so that the
 library and the command line cannot drift apart.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from data import config_flags
 from data import pipeline
 from data.config_flags import setting
 from noisy_student import evaluate
@@ -32,24 +33,20 @@ OPTIMIZERS = ("rmsprop", "momentum", "sgd")  # optimization.build_optimizer's na
 SCHEDULES = ("exponential", "cosine", "constant")  # optimization.learning_rate_at's kinds
 
 
-def _default(config_class, field: str):
-  return next(f.default for f in dataclasses.fields(config_class) if f.name == field)
-
-
 def _task(field):
-  return _default(task_lib.TaskConfig, field)
+  return config_flags.default(task_lib.TaskConfig, field)
 
 
 def _trainer(field):
-  return _default(trainer_lib.TrainerConfig, field)
+  return config_flags.default(trainer_lib.TrainerConfig, field)
 
 
 def _loss(field):
-  return _default(losses.LossConfig, field)
+  return config_flags.default(losses.LossConfig, field)
 
 
 def _schedule(field):
-  return _default(optimization.ScheduleConfig, field)
+  return config_flags.default(optimization.ScheduleConfig, field)
 
 
 @dataclasses.dataclass(frozen=True)
