@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cksum setup.cfg | cut -d' ' -f1)
 # cpu on these machines; `make install EXTRA=gpu` on a GPU box (see README).
 EXTRA ?= cpu
 WORKDIR ?= runs/demo
-DEMO_FLAGS ?= flags/fashion_mnist_demo.flags
+DEMO_FLAGS ?= flags/run/fashion_mnist_demo.flags
 PYTEST_ARGS ?=
 
 .PHONY: install test test-slow test-jax demo results bench robustness clean
@@ -49,7 +49,7 @@ fashion-mnist:
 	  echo "could not install dataset-fashion-mnist; the demo will try the download"; \
 	fi
 
-# The README's results: each seed of flags/$(EXPERIMENT).flags whose report is not yet
+# The README's results: each seed of flags/run/$(EXPERIMENT).flags whose report is not yet
 # under results/ (hours per seed on 2 cores; resumable: rerun to continue), then the
 # table over the seeds. An ablation's workdir starts as a copy of the headline's of the
 # same seed, so it reruns only the stages its change reaches.
@@ -60,7 +60,7 @@ results: $(STAMP)
 	  r=results/$(EXPERIMENT)/seed$$s; w=runs/$(EXPERIMENT)_s$$s; \
 	  test ! -f $$r/report.json || continue; \
 	  if [ ! -d $$w ] && [ -d runs/fashion_mnist_s$$s ]; then cp -r runs/fashion_mnist_s$$s $$w; fi; \
-	  $(PY) -m noisy_student.run --flagfile=flags/$(EXPERIMENT).flags --workdir=$$w \
+	  $(PY) -m noisy_student.run --flagfile=flags/run/$(EXPERIMENT).flags --workdir=$$w \
 	    --seed=$$s --results_dir=$$r; \
 	done
 	$(PY) -m noisy_student.summarize $(foreach s,$(SEEDS),results/$(EXPERIMENT)/seed$(s))

@@ -6,7 +6,7 @@ decode + random 224 crop, then one augmentation applied per image in the same pa
 `map` (num_parallel_calls=AUTOTUNE), and is timed over the same images after a warm-up:
 
   decode+crop            the ceiling: no augmentation
-  ours RandAugment(2,27) data.randaugment.randaugment, the paper's student noise
+  ours RandAugment(2,27) data.input.randaugment.randaugment, the paper's student noise
   keras.layers           keras.layers.RandAugment(num_ops=2, factor=1.0), a different
                          algorithm (random magnitudes); slow per image, so fewer images
   keras_cv.layers        keras_cv.layers.RandAugment(augmentations_per_image=2,
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from data import randaugment as ra  # noqa: E402
+from data.input import randaugment as ra  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 1024, "Images timed per fast variant.")

@@ -6,7 +6,7 @@ r"""Labelling throughput vs the bare forward pass of the same teacher on the sam
 Writes random images into TFRecords, saves an EfficientNet teacher with model_io, then
   * bare: the eval batches (same pipeline, same preprocessing) are materialised in memory
     first; img/s of `model(images, training=False)` alone on them;
-  * label: `noisy_student.labeling.label_files` over the files, as a labelling job runs
+  * label: `noisy_student.labeling.labeller.label_files` over the files, as a labelling job runs
     them: one eval pipeline (decode, preprocess), forward + temperature softmax under the
     strategy, per-record serialisation with the pseudo keys, writing, stats.
 Both after a warm-up (traces). "steady" times labelling from its first written batch on;
@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import efficientnet  # noqa: E402
-from data import pipeline  # noqa: E402
-from data import schema  # noqa: E402
-from noisy_student import labeling  # noqa: E402
-from noisy_student import model_io  # noqa: E402
+from data.input import pipeline  # noqa: E402
+from data.records import schema  # noqa: E402
+from noisy_student.labeling import labeller  # noqa: E402
+from noisy_student.common import model_io  # noqa: E402
 
 
 def write_inputs(directory: str, images: int, files: int, size: int, small: bool) -> list:
@@ -52,14 +52,14 @@ def write_inputs(directory: str, images: int, files: int, size: int, small: bool
   return paths
 
 
-def materialise(teacher: labeling.Teacher, files: list, batch_size: int) -> list:
+def materialise(teacher: labeller.Teacher, files: list, batch_size: int) -> list:
   """The eval batches labelling sees (same pipeline, same files), held in memory."""
   ds = pipeline.eval_dataset(files[0], files=files, global_batch_size=batch_size,
                              preprocess=teacher.preprocess(), num_classes=teacher.num_classes)
   return [(b["image"], int(b["mask"].numpy().sum())) for b in ds]
 
 
-def bare_forward(teacher: labeling.Teacher, batches: list) -> float:
+def bare_forward(teacher: labeller.Teacher, batches: list) -> float:
   """img/s of the model alone on the pre-materialised batches."""
   forward = tf.function(lambda x: teacher.model(x, training=False))
   forward(batches[0][0]).numpy()                      # warm-up (trace)
@@ -70,16 +70,16 @@ def bare_forward(teacher: labeling.Teacher, batches: list) -> float:
   return n / (time.time() - start), n / (time.process_time() - cpu)
 
 
-def label_rate(teacher: labeling.Teacher, files: list, out: str, cfg) -> tuple:
-  """img/s of `labeling.label_files` (one pipeline over `files`, as a job runs):
+def label_rate(teacher: labeller.Teacher, files: list, out: str, cfg) -> tuple:
+  """img/s of `labeller.label_files` (one pipeline over `files`, as a job runs):
   (whole call, steady state after the first written batch, build + first batch seconds,
   images per CPU-second of the whole call)."""
   marks = []  # (time, images so far) after each written batch
-  jobs = [labeling.FileJob(source=f, read=f, out=os.path.join(out, os.path.basename(f)),
+  jobs = [labeller.FileJob(source=f, read=f, out=os.path.join(out, os.path.basename(f)),
                            done=os.path.join(out, os.path.basename(f) + ".json"))
           for f in files]
   start, cpu = time.time(), time.process_time()
-  labeling.label_files(jobs, teacher, cfg, {}, lambda n: marks.append(
+  labeller.label_files(jobs, teacher, cfg, {}, lambda n: marks.append(
       (time.time(), (marks[-1][1] if marks else 0) + n)))
   whole = marks[-1][1] / (time.time() - start)
   per_cpu = marks[-1][1] / (time.process_time() - cpu)
@@ -95,7 +95,7 @@ def main() -> None:
   parser.add_argument("--images", type=int, default=2048)
   parser.add_argument("--files", type=int, default=4)
   parser.add_argument("--batch_size", type=int, default=128)
-  parser.add_argument("--storage", default="float32", choices=labeling.STORAGES)
+  parser.add_argument("--storage", default="float32", choices=labeller.STORAGES)
   parser.add_argument("--top_k", type=int, default=0)
   parser.add_argument("--rounds", type=int, default=2, help="alternating bare/label runs")
   parser.add_argument("--workdir", default="/tmp/ns_bench_labeling")
@@ -113,10 +113,10 @@ def main() -> None:
   model_io.save_model(model, teacher_dir, {"num_classes": args.classes,
                                            "image_size": args.image_size,
                                            "small_image": small})
-  cfg = labeling.LabelConfig(teacher=teacher_dir, input_pattern=inputs, output_dir=out,
+  cfg = labeller.LabelConfig(teacher=teacher_dir, input_pattern=inputs, output_dir=out,
                              batch_size=args.batch_size, storage=args.storage,
                              soft_label_top_k=args.top_k)
-  teacher = labeling.Teacher(teacher_dir, tf.distribute.get_strategy())
+  teacher = labeller.Teacher(teacher_dir, tf.distribute.get_strategy())
   label_rate(teacher, [warmup], out, cfg)              # warm-up (trace, caches)
   batches = materialise(teacher, files, args.batch_size)
   rounds = []

@@ -34,7 +34,7 @@ ID_TEMPLATE = b"u%011d"
 def _pool(num_classes: int, seed: int):
   """Serialized template records with a fixed-width id placeholder, and their stats."""
   import tensorflow as tf
-  from data import schema
+  from data.records import schema
   rng = np.random.default_rng(seed)
   png = tf.io.encode_png(tf.zeros([1, 1, 3], tf.uint8)).numpy()
   # Imbalanced classes (a Zipf-like share) and a teacher that is mostly confident.
@@ -62,7 +62,7 @@ def generate(directory: str, records: int, num_files: int, label_shards: int,
              num_classes: int) -> dict:
   """Writes `records` prediction records in `num_files` files + stats; returns timing."""
   import tensorflow as tf
-  from noisy_student import selection
+  from noisy_student.selection import selector
   done = os.path.join(directory, "GENERATED")
   if os.path.exists(done):
     return json.load(open(done))
@@ -85,16 +85,16 @@ def generate(directory: str, records: int, num_files: int, label_shards: int,
     pool_counts = np.bincount(np.arange(a, b) % POOL, minlength=POOL)
     files.append((name, b - a, pool_counts))
   for i in range(label_shards):
-    hist = selection.new_histogram(num_classes)
+    hist = selector.new_histogram(num_classes)
     mine = files[i::label_shards]
     for _, _, counts in mine:
-      np.add.at(hist, (labels, selection.confidence_bins(conf)), counts)
-    stats = selection.make_label_stats(
+      np.add.at(hist, (labels, selector.confidence_bins(conf)), counts)
+    stats = selector.make_label_stats(
         shard_index=i, num_shards=label_shards, histogram=hist, corrupt=[],
         files=[{"input": n, "output": n, "num_images": int(k), "num_corrupt": 0}
                for n, k, _ in mine], settings={"synthetic": True})
-    selection.write_label_stats(
-        os.path.join(directory, selection.label_stats_name(i, label_shards)), stats)
+    selector.write_label_stats(
+        os.path.join(directory, selector.label_stats_name(i, label_shards)), stats)
   info = {"records": records, "generate_seconds": round(time.time() - start, 1),
           "bytes": sum(os.path.getsize(os.path.join(directory, n)) for n, _, _ in files)}
   json.dump(info, open(done, "w"))
@@ -104,15 +104,15 @@ def generate(directory: str, records: int, num_files: int, label_shards: int,
 def child(directory: str, images_per_class: int, out_dir: str) -> None:
   """One selection job over all files; prints a JSON line with timings and peak RSS."""
   import tensorflow as tf
-  from noisy_student import selection
+  from noisy_student.selection import selector
   start = time.time()
-  stats = selection.read_label_stats(directory)
-  plan = selection.plan_selection(stats.histogram, selection.SelectionConfig(
+  stats = selector.read_label_stats(directory)
+  plan = selector.plan_selection(stats.histogram, selector.SelectionConfig(
       images_per_class=images_per_class, seed=0))
   pass1 = time.time() - start
   shutil.rmtree(out_dir, ignore_errors=True)
   tf.io.gfile.makedirs(out_dir)
-  outs = [os.path.join(out_dir, n) for n in selection.output_names(0, 1, 4)]
+  outs = [os.path.join(out_dir, n) for n in selector.output_names(0, 1, 4)]
   rss, seen = [], [0]
 
   def sample(n):  # RSS after 10%, 20%, ... of the records: flat = bounded memory.
@@ -122,7 +122,7 @@ def child(directory: str, images_per_class: int, out_dir: str) -> None:
 
   total = int(stats.histogram.sum())
   wall, cpu = time.time(), time.process_time()
-  counts = selection.select_shard(stats.files, plan, outs, shard_seed=[0, 0],
+  counts = selector.select_shard(stats.files, plan, outs, shard_seed=[0, 0],
                                   progress=sample)
   wall, cpu = time.time() - wall, time.process_time() - cpu
   read = int(counts["read"].sum())
@@ -146,14 +146,14 @@ def example_png(path: str, num_classes: int = 1000, seed: int = 0) -> None:
   Zipf-like class sizes (2,000 to 400,000 predictions), Beta(5, 1.5) confidences,
   K = 10,000 per class.
   """
-  from noisy_student import selection
+  from noisy_student.selection import selector
   rng = np.random.default_rng(seed)
   sizes = rng.zipf(1.3, size=num_classes).clip(1, 200) * 2000
-  bin_p = np.bincount(selection.confidence_bins(rng.beta(5.0, 1.5, 1_000_000)),
-                      minlength=selection.NUM_BINS) / 1_000_000
+  bin_p = np.bincount(selector.confidence_bins(rng.beta(5.0, 1.5, 1_000_000)),
+                      minlength=selector.NUM_BINS) / 1_000_000
   hist = np.stack([rng.multinomial(n, bin_p) for n in sizes])
-  plan = selection.plan_selection(hist, selection.SelectionConfig(images_per_class=10000))
-  selection.plot_summary(plan, path)
+  plan = selector.plan_selection(hist, selector.SelectionConfig(images_per_class=10000))
+  selector.plot_summary(plan, path)
   print(f"wrote {path}")
 
 

@@ -6,7 +6,7 @@ r"""Training throughput: our custom loop vs `model.fit` on the same model and da
 Both train the same EfficientNet (fresh copies, same initial weights) with the same
 optimizer (TF1-style RMSprop), label-smoothed cross entropy and the same in-memory
 batches (`from_tensor_slices`, cached, repeated), `steps` steps per host call:
-  * ours: `noisy_student.trainer.Trainer`'s compiled loop (a `tf.range` loop of
+  * ours: `noisy_student.training.trainer.Trainer`'s compiled loop (a `tf.range` loop of
     `strategy.run` steps under a OneDeviceStrategy); it does MORE work per step than fit:
     L2 weight decay over all non-BN weights, and the EMA update of every variable
     (`--noema` drops the EMA to isolate it);
@@ -33,9 +33,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import efficientnet  # noqa: E402
-from noisy_student import losses  # noqa: E402
-from noisy_student import optimization  # noqa: E402
-from noisy_student import trainer as trainer_lib  # noqa: E402
+from noisy_student.training import losses  # noqa: E402
+from noisy_student.training import optimization  # noqa: E402
+from noisy_student.training import trainer as trainer_lib  # noqa: E402
 
 
 class BenchTask:

@@ -48,10 +48,10 @@ from PIL import Image
 from data import cli
 from data import config_flags
 from data import fileio
-from data import pipeline
-from data import shards
-from data import schema
 from data.config_flags import setting
+from data.input import pipeline
+from data.records import schema
+from data.records import shards
 
 # The 15 benchmark corruptions (ImageNet-C order) and the 4 held-out validation ones.
 COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",

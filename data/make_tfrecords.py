@@ -1,9 +1,9 @@
-r"""Writes an image source as sharded TFRecords in the shared schema (`data/schema.py`).
+r"""Writes an image source as sharded TFRecords in the shared schema (`data/records/schema.py`).
 
     python -m data.make_tfrecords --source=fashion_mnist:train --output_dir=/tmp/fmnist \
         --num_shards=16 --seed=0
 
-Sources: `fashion_mnist:train|test`, `folder:PATH`, `tfds:NAME/SPLIT` (`data/sources.py`).
+Sources: `fashion_mnist:train|test`, `folder:PATH`, `tfds:NAME/SPLIT` (`data/records/sources.py`).
 
 Output, in `--output_dir`:
   * `{split}-{i:05d}-of-{N:05d}.tfrecord`: the items are shuffled with `--seed` and cut
@@ -34,8 +34,8 @@ import tqdm
 
 from data import cli
 from data import fileio
-from data import schema
-from data import sources
+from data.records import schema
+from data.records import sources
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:

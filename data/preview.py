@@ -1,4 +1,4 @@
-"""A picture of the input noise the student gets (paper Sec. 3.1; data/randaugment.py).
+"""A picture of the input noise the student gets (paper Sec. 3.1; data/input/randaugment.py).
 
     python -m data.preview --output=docs/randaugment_preview.png \
         [--image=photo.jpg | --tfrecord='train-*' --index=3] [--magnitudes=5,10,27] \
@@ -21,7 +21,10 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from data import cli, fileio, randaugment, schema
+from data import cli
+from data import fileio
+from data.input import randaugment
+from data.records import schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +145,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   flags.DEFINE_string("output", "docs/randaugment_preview.png", "PNG to write.")
   flags.DEFINE_string("image", None, "An image file; default: scikit-image's astronaut.")
-  flags.DEFINE_string("tfrecord", None, "TFRecord glob in data/schema.py's format, "
+  flags.DEFINE_string("tfrecord", None, "TFRecord glob in data/records/schema.py's format, "
                       "instead of --image; with --index.")
   flags.DEFINE_integer("index", 0, "Which record of --tfrecord (0-based).")
   flags.DEFINE_list("magnitudes", ["5", "10", "27"], "M of the full-RandAugment rows.")

@@ -42,9 +42,9 @@ from data import cli
 from data import config_flags
 from data import fileio
 from data import make_tfrecords
-from data import pipeline
-from data import schema
 from data.config_flags import setting
+from data.input import pipeline
+from data.records import schema
 
 SPLITS = ("labeled", "dev", "unlabeled")
 SUMMARY = "split_summary.json"

@@ -14,7 +14,7 @@ The measurements of the paper's Sec. 3.3 (Tables 2-4, Fig. 7) for any model and 
                  (e.g. from data.make_corrupted) or --corruption_root=ROOT with
                  ROOT/<corruption>/<severity>/<class>/*.JPEG; errors per corruption and
                  severity, CE / mCE, and with the clean set (--eval_pattern) relative mCE.
-  perturbations  ImageNet-P-style sequences built from the clean set (data.perturbations);
+  perturbations  ImageNet-P-style sequences built from the clean set (data.robustness.perturbations);
                  flip probability, top-5 distance, FR / mFR.
   adversarial    FGSM and PGD in pixel space, accuracy per --epsilons (0-255 units).
 
@@ -29,7 +29,7 @@ Output in --output_dir (one directory per suite): results.json (all numbers; top
 (accuracy vs severity, flip probability per perturbation, accuracy vs epsilon); every file
 written atomically.
 
-Each suite is a plug-in of noisy_student/evaluators/ (registry.py names them): it computes
+Each suite is a plug-in of noisy_student/evaluation/ (registry.py names them): it computes
 its results dict and, separately, renders the table and plots from it.
 """
 
@@ -42,17 +42,17 @@ import time
 import tensorflow as tf
 
 from data import config_flags
-from data import perturbations as perturb
-from data import pipeline
 from data.config_flags import setting
-from noisy_student import robustness as rb
-from noisy_student.evaluators import baselines
-from noisy_student.evaluators import corruptions as corruptions_lib
-from noisy_student.evaluators import model as model_lib
-from noisy_student.evaluators import outputs
-from noisy_student.evaluators import perturbations as perturbations_lib
-from noisy_student.evaluators import registry
-from noisy_student.evaluators import sources
+from data.input import pipeline
+from data.robustness import perturbations as perturb
+from noisy_student.evaluation import baselines
+from noisy_student.evaluation import corruptions as corruptions_lib
+from noisy_student.evaluation import model as model_lib
+from noisy_student.evaluation import outputs
+from noisy_student.evaluation import perturbations as perturbations_lib
+from noisy_student.evaluation import registry
+from noisy_student.evaluation import robustness as rb
+from noisy_student.evaluation import sources
 
 SUITES = tuple(registry.SUITES)  # ("clean", "imagenet_a", "corruptions", ...)
 NORMALIZERS = ("auto", "alexnet", "baseline", "none")

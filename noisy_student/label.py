@@ -1,6 +1,6 @@
 r"""Pseudo-labels unlabeled TFRecords with a trained teacher, one shard per job.
 
-Paper Algorithm 1, step 2; the work is in noisy_student/labeling.py.
+Paper Algorithm 1, step 2; the work is in noisy_student/labeling/labeller.py.
 
   python -m noisy_student.label --teacher=runs/x/teacher \
       --unlabeled_pattern='data/unlabeled-*' --output_dir=runs/x/predictions \
@@ -9,7 +9,7 @@ Paper Algorithm 1, step 2; the work is in noisy_student/labeling.py.
 
 Run shards 0..N-1 as independent jobs (together they cover every input file once);
 `--shard_index=auto` takes the index from a Kubernetes Indexed Job, a Slurm array or a
-TPU worker (data/shards.py). A preempted job is simply rerun: finished output files are
+TPU worker (data/records/shards.py). A preempted job is simply rerun: finished output files are
 skipped. The stored soft label
 is the teacher's T = 1 distribution; the temperature belongs to the student's training
 (`noisy_student.train --teacher_temperature`). The flags are `settings.LabelSettings`.
@@ -20,10 +20,10 @@ directory labelled with other settings, ...) exit non-zero with one line.
 
 from data import cli
 from data import config_flags
-from data import shards
-from noisy_student import labeling
+from data.records import shards
 from noisy_student import settings as settings_lib
-from noisy_student import strategy as strategy_lib
+from noisy_student.common import strategy as strategy_lib
+from noisy_student.labeling import labeller
 
 
 def main(argv):
@@ -36,12 +36,12 @@ def main(argv):
   # A user error (ValueError) is one line and exit status 2 (data.cli), so a driver
   # never marks this stage done.
   shard_index = shards.resolve_shard_index(s.shard_index, s.num_shards)
-  config = labeling.LabelConfig(
+  config = labeller.LabelConfig(
       teacher=s.teacher, input_pattern=s.unlabeled_pattern, output_dir=s.output_dir,
       shard_index=shard_index, num_shards=s.num_shards, batch_size=s.eval_batch_size,
       soft_label_top_k=s.soft_label_top_k, storage=s.storage,
       num_classes=s.num_classes, label_offset=s.label_offset, noised=s.noised)
-  labeling.run_labeling(config, strategy_lib.get_strategy(s.strategy, s.tpu))
+  labeller.run_labeling(config, strategy_lib.get_strategy(s.strategy, s.tpu))
 
 
 if __name__ == "__main__":

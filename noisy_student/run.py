@@ -1,7 +1,7 @@
 r"""Runs the whole Noisy Student method end to end (paper Algorithm 1 with iterations).
 
-  python -m noisy_student.run --flagfile=flags/fashion_mnist_demo.flags --workdir=runs/demo
-  python -m noisy_student.run --flagfile=flags/svhn.flags --workdir=runs/svhn
+  python -m noisy_student.run --flagfile=flags/run/fashion_mnist_demo.flags --workdir=runs/demo
+  python -m noisy_student.run --flagfile=flags/run/svhn.flags --workdir=runs/svhn
 
 Stages: TFRecords from the sources (Fashion-MNIST's IDX files by default; any
 `data.make_tfrecords --source`: a class-folder tree, a TFDS dataset), the
@@ -23,10 +23,10 @@ from absl import flags
 
 from data import cli
 from data import config_flags
-from noisy_student import driver
-from noisy_student import iterate
-from noisy_student import report
 from noisy_student import settings as settings_lib
+from noisy_student.experiment import driver
+from noisy_student.experiment import iterate
+from noisy_student.experiment import report
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
                       ) -> iterate.ExperimentConfig:

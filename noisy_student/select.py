@@ -1,6 +1,6 @@
 r"""Filters and balances teacher predictions into the student's pseudo-labeled set.
 
-Paper Sec. 3.1 (data filtering and balancing); algorithm in noisy_student/selection.py.
+Paper Sec. 3.1 (data filtering and balancing); algorithm in noisy_student/selection/selector.py.
 
   python -m noisy_student.select --predictions_dir=runs/x/predictions \
       --output_dir=runs/x/selected --min_threshold=0.3 --images_per_class=130000 \
@@ -8,7 +8,7 @@ Paper Sec. 3.1 (data filtering and balancing); algorithm in noisy_student/select
 
 The flags are `settings.SelectSettings`; `--balancing=down_up|down|none` chooses how
 classes are balanced. Run shards 0..N-1 as independent jobs (`--shard_index=auto`: the index from the
-scheduler, data/shards.py). Pass 1 (every job, seconds) reads only the
+scheduler, data/records/shards.py). Pass 1 (every job, seconds) reads only the
 label stats files; pass 2 streams this shard's prediction files. `--plan_only` stops after
 pass 1 and writes selection.json / selection.png, to look before committing compute;
 the job that completes pass 2 also writes samples.png (selected images per class).
@@ -21,11 +21,11 @@ empty selection (nothing reaches the threshold, or nothing was written).
 
 from data import cli
 from data import config_flags
-from data import pipeline
-from data import shards
-from noisy_student import job_io
-from noisy_student import selection
+from data.input import pipeline
+from data.records import shards
 from noisy_student import settings as settings_lib
+from noisy_student.common import job_io
+from noisy_student.selection import selector
 
 
 def main(argv):
@@ -34,14 +34,14 @@ def main(argv):
   # A user error (ValueError; an empty selection too) is one line and exit status 2
   # (data.cli), so a driver never marks this stage done.
   shard_index = shards.resolve_shard_index(s.shard_index, s.num_shards)
-  config = selection.SelectionConfig(
+  config = selector.SelectionConfig(
       min_threshold=s.min_threshold, images_per_class=s.images_per_class,
       balance=s.balance, upsample=s.upsample, seed=s.seed)
-  job = selection.SelectJob(
+  job = selector.SelectJob(
       predictions=s.predictions_dir, output_dir=s.output_dir, shard_index=shard_index,
       num_shards=s.num_shards, files_per_shard=s.num_output_shards,
       shuffle_buffer=s.shuffle_buffer, plan_only=s.plan_only)
-  plan = selection.run_selection(job, config, shard_files=pipeline.shard_files)
+  plan = selector.run_selection(job, config, shard_files=pipeline.shard_files)
   job_io.say(f"plan: {plan['total_before']:,} predictions -> {plan['total_kept']:,} kept "
              f"-> ~{plan['total_expected_after']:,.0f} expected; summary in "
              f"{job.output_dir}/selection.json, plot in {job.output_dir}/selection.png")

@@ -17,15 +17,15 @@ from __future__ import annotations
 import dataclasses
 
 from data import config_flags
-from data import pipeline
 from data.config_flags import setting
+from data.input import pipeline
 from noisy_student import evaluate
-from noisy_student import labeling
-from noisy_student import losses
-from noisy_student import optimization
-from noisy_student import strategy as strategy_lib
-from noisy_student import task as task_lib
-from noisy_student import trainer as trainer_lib
+from noisy_student.common import strategy as strategy_lib
+from noisy_student.labeling import labeller
+from noisy_student.training import losses
+from noisy_student.training import optimization
+from noisy_student.training import task as task_lib
+from noisy_student.training import trainer as trainer_lib
 
 AUGMENTS = ("randaugment", "standard", "none")
 PREPROCESS_MODES = ("imagenet", "small")
@@ -199,7 +199,7 @@ class TrainSettings:
 
 _SHARD_INDEX_HELP = ("This job's shard, 0..num_shards-1, or 'auto': from the scheduler "
                      "(JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID, TPU_WORKER_ID or "
-                     "CLOUD_TPU_TASK_ID; data/shards.py).")
+                     "CLOUD_TPU_TASK_ID; data/records/shards.py).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +221,7 @@ class LabelSettings:
   soft_label_top_k: int = setting(0, "Store only the k most probable classes (0: the "
                                   "full vector).")
   storage: str = setting("float32", "Precision of the stored full soft-label vector.",
-                         choices=labeling.STORAGES)
+                         choices=labeller.STORAGES)
   num_classes: int | None = setting(None, "Expected class count; a teacher with another "
                                     "is an error.", aliases=["num_label_classes"])
   label_offset: int = setting(0, "1 for ImageNet TPU TFRecords.")
@@ -271,7 +271,7 @@ class SelectSettings:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentSettings:
-  """`noisy_student.run`: the whole method on Fashion-MNIST (noisy_student/iterate.py)."""
+  """`noisy_student.run`: the whole method on Fashion-MNIST (noisy_student/experiment/iterate.py)."""
   workdir: str = setting(None, "Where every stage writes its outputs.", required=True)
   fashion_mnist_dir: str = setting("/usr/share/datasets/fashion-mnist",
                                    "Directory with the four Fashion-MNIST IDX files.")

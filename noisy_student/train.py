@@ -1,6 +1,6 @@
 r"""Trains a Noisy Student teacher or student (paper Sec. 2-3, Algorithm 1 steps 1 and 3).
 
-  python -m noisy_student.train --flagfile=flags/svhn_teacher.flags --model_dir=runs/t
+  python -m noisy_student.train --flagfile=flags/train/svhn_teacher.flags --model_dir=runs/t
 
 A teacher trains on labeled data only. A student also gets U = ceil(r * B) pseudo-labeled
 images per batch of B labeled ones: offline (default) from TFRecords written by
@@ -20,12 +20,12 @@ import efficientnet
 from data import cli
 from data import config_flags
 from data import fileio
-from data import pipeline
-from noisy_student import losses
-from noisy_student import optimization
+from data.input import pipeline
 from noisy_student import settings as settings_lib
-from noisy_student import task as task_lib
-from noisy_student import trainer as trainer_lib
+from noisy_student.training import losses
+from noisy_student.training import optimization
+from noisy_student.training import task as task_lib
+from noisy_student.training import trainer as trainer_lib
 
 FLAG_NAMES = [f.name for f, _, _ in config_flags.fields(settings_lib.TrainSettings)]
 

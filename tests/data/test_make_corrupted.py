@@ -11,7 +11,7 @@ from PIL import Image
 from data import config_flags
 from data import fileio
 from data import make_corrupted as mc
-from data import schema
+from data.records import schema
 
 pytest.importorskip("imagecorruptions")
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from data import fileio
 from data import make_tfrecords
-from data import schema
-from data import sources
+from data.records import schema
+from data.records import sources
 
 FMNIST = sources.DEFAULT_FASHION_MNIST_DIR
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import perturbations as P
+from data.robustness import perturbations as P
 
 
 def _image(size=32, seed=0):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import pipeline
-from data import schema
-from data.preprocessing import PreprocessConfig
+from data.input import pipeline
+from data.input.preprocessing import PreprocessConfig
+from data.records import schema
 
 C = 4
 TRAIN = PreprocessConfig(8, mode="small", augment="standard", pad_crop=2)

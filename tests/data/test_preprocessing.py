@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from data import preprocessing
-from data.preprocessing import PreprocessConfig
+from data.input import preprocessing
+from data.input.preprocessing import PreprocessConfig
 
 SEED = tf.constant([3, 4], tf.int64)
 

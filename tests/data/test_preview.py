@@ -9,7 +9,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from data import preview, randaugment, schema
+from data import preview
+from data.input import randaugment
+from data.records import schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = preview.PreviewConfig(magnitudes=(5, 27), samples=2, image_size=32,

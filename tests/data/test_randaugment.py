@@ -1,4 +1,4 @@
-"""Tests for data/randaugment.py: every op against PIL, eager vs Dataset.map, tiny exact
+"""Tests for data/input/randaugment.py: every op against PIL, eager vs Dataset.map, tiny exact
 geometric cases, the pinned out-of-range magnitudes and the policy's seeding."""
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from data import randaugment as ra
+from data.input import randaugment as ra
 
 FILL = (128, 128, 128)
 OFFICIAL_NAMES = [

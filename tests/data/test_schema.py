@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data import schema
+from data.records import schema
 
 
 def _roundtrip(features, **kwargs):

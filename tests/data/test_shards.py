@@ -1,12 +1,12 @@
-"""`--shard_index=auto`: the shard from the scheduler's environment (data/shards.py), and
+"""`--shard_index=auto`: the shard from the scheduler's environment (data/records/shards.py), and
 the Kubernetes manifest in docs/ that relies on it."""
 import os
 import re
 
 import pytest
 
-from data import pipeline
-from data import shards
+from data.input import pipeline
+from data.records import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from data import config_flags
 from data import fileio
-from data import schema
 from data import split
+from data.records import schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -10,11 +10,11 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from data import preprocessing  # noqa: E402
-from data import schema  # noqa: E402
+from data.input import preprocessing  # noqa: E402
+from data.records import schema  # noqa: E402
 from efficientnet import convert  # noqa: E402
-from noisy_student import labeling  # noqa: E402
-from noisy_student import model_io  # noqa: E402
+from noisy_student.labeling import labeller  # noqa: E402
+from noisy_student.common import model_io  # noqa: E402
 from tests.efficientnet import tf1_fixtures as fx  # noqa: E402
 from tests.noisy_student.records import write_records  # noqa: E402
 
@@ -49,7 +49,7 @@ def test_command_then_label(released, tmp_path):
     write_records(str(tmp_path / "unlabeled" / f"part-{i}"), 3, size=48, seed=i,
                   labeled=False)
   out = tmp_path / "predictions"
-  stats = labeling.run_labeling(labeling.LabelConfig(
+  stats = labeller.run_labeling(labeller.LabelConfig(
       teacher=teacher, input_pattern=pattern, output_dir=str(out), batch_size=4))
   assert stats["num_images"] == 6
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from data import schema
+from data.records import schema
 
 
 def write_records(path: str, num: int, *, num_classes: int = 4, size: int = 16,

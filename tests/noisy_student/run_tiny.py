@@ -25,8 +25,8 @@ if MODE == "compare":
 
 import numpy as np  # noqa: E402
 
-from noisy_student import optimization  # noqa: E402
-from noisy_student import trainer  # noqa: E402
+from noisy_student.training import optimization  # noqa: E402
+from noisy_student.training import trainer  # noqa: E402
 from tests.noisy_student.tiny_task import TinyConfig, TinyTask  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from noisy_student import attacks
+from noisy_student.evaluation import attacks
 
 
 def brightness_task(n: int, seed: int = 0, size: int = 32):

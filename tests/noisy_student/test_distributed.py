@@ -13,7 +13,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from noisy_student import strategy as strategy_lib
+from noisy_student.common import strategy as strategy_lib
 
 HERE = os.path.dirname(__file__)
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from noisy_student import driver
+from noisy_student.experiment import driver
 
 FAKE = "tests.noisy_student.fake_stage"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -195,7 +195,7 @@ def _old_evaluate(w: str, pattern: str = "test-*") -> tuple[str, ...]:
 
 @pytest.mark.parametrize("pattern, same", [("test-*", True), ("train-*", False)])
 def test_an_evaluate_marker_with_the_old_flag_names_counts_as_done(tmp_path, pattern, same):
-  from noisy_student import iterate
+  from noisy_student.experiment import iterate
   runner = driver.StageRunner(str(tmp_path / "new"))
   c = iterate.ExperimentConfig(workdir=runner.workdir)
   stage = iterate._test_stage(c, "iter0/teacher_test", c.model_dir(0), "iter0/teacher")

@@ -10,9 +10,9 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from data import schema
+from data.records import schema
 from noisy_student import evaluate as ev
-from noisy_student import model_io
+from noisy_student.common import model_io
 from tests.noisy_student.test_attacks import brightness_task
 from tests.noisy_student.test_attacks import trained_tiny_model
 
@@ -211,8 +211,8 @@ def _parse(*args) -> ev.EvalConfig:
 
 def test_flags_are_made_from_the_config():
   """Defaults and list flags behave as the hand-written flags did; old names are aliases."""
-  from data import perturbations as perturb
-  from noisy_student import robustness as rb
+  from data.robustness import perturbations as perturb
+  from noisy_student.evaluation import robustness as rb
   default = _parse("--eval_pattern=p")
   assert default == ev.EvalConfig(model="m", output_dir="o", eval_pattern="p")
   assert (default.suite, default.eval_batch_size, default.normalizer) == (

@@ -1,7 +1,7 @@
 """The suites as plug-ins: the registry, and the results.json keys every suite writes.
 
 The keys were pinned before the suites moved out of noisy_student/evaluate.py into
-noisy_student/evaluators/ (readers such as report.py depend on them); a key that appears
+noisy_student/evaluation/ (readers such as report.py depend on them); a key that appears
 or disappears here is a change of the output format, not a refactoring.
 """
 import pytest
@@ -88,8 +88,8 @@ def test_per_class_adds_its_key_and_plot(setup):  # pylint: disable=redefined-ou
 
 def test_the_registry_holds_the_five_suites_in_flag_order():
   from noisy_student import evaluate as ev
-  from noisy_student.evaluators import registry
-  from noisy_student.evaluators import suite as suite_lib
+  from noisy_student.evaluation import registry
+  from noisy_student.evaluation import suite as suite_lib
   assert list(registry.SUITES) == ["clean", "imagenet_a", "corruptions", "perturbations",
                                    "adversarial"]
   assert ev.SUITES == tuple(registry.SUITES)
@@ -103,9 +103,9 @@ def test_the_registry_holds_the_five_suites_in_flag_order():
 def test_a_new_suite_is_one_registry_entry(setup, monkeypatch):
   """A plug-in computes its numbers, then renders them; evaluate adds the common keys."""
   from noisy_student import evaluate as ev
-  from noisy_student.evaluators import registry
-  from noisy_student.evaluators import sources
-  from noisy_student.evaluators import suite as suite_lib
+  from noisy_student.evaluation import registry
+  from noisy_student.evaluation import sources
+  from noisy_student.evaluation import suite as suite_lib
 
   def compute(evaluator, baseline):
     assert baseline is None

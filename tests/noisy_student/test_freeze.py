@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import efficientnet
-from noisy_student import task as task_lib
+from noisy_student.training import task as task_lib
 
 
 def _tiny():

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 
 from data import fileio
-from data import schema
-from noisy_student import job_io
-from noisy_student import labeling
-from noisy_student import label_stats
-from noisy_student import model_io
+from data.records import schema
+from noisy_student.common import job_io
+from noisy_student.common import model_io
+from noisy_student.labeling import label_stats
+from noisy_student.labeling import labeller
 
 C = 5
 SIZE = 32
@@ -60,7 +60,7 @@ def world(tmp_path_factory):
 
 def _config(world, out, **kw):
   root, teacher, _, _ = world
-  return labeling.LabelConfig(teacher=kw.pop("teacher", teacher),
+  return labeller.LabelConfig(teacher=kw.pop("teacher", teacher),
                               input_pattern=kw.pop("pattern", str(root / "unlabeled-*")),
                               output_dir=str(out), batch_size=kw.pop("batch_size", 4), **kw)
 
@@ -77,7 +77,7 @@ def _features(serialized):
 
 def test_shards_cover_every_record_once_with_source_bytes(world, tmp_path):
   _, _, records, model = world
-  stats = [labeling.run_labeling(_config(world, tmp_path, shard_index=i, num_shards=2))
+  stats = [labeller.run_labeling(_config(world, tmp_path, shard_index=i, num_shards=2))
            for i in range(2)]
   outputs = _outputs(tmp_path)
   assert sorted(outputs) == [f"unlabeled-{f:05d}.tfrecord" for f in range(3)]
@@ -111,7 +111,7 @@ def test_shards_cover_every_record_once_with_source_bytes(world, tmp_path):
 
 def test_more_shards_than_files(world, tmp_path):
   _, _, records, _ = world
-  total = sum(labeling.run_labeling(_config(world, tmp_path, shard_index=i, num_shards=4))
+  total = sum(labeller.run_labeling(_config(world, tmp_path, shard_index=i, num_shards=4))
               ["num_images"] for i in range(4))
   assert total == len(records)
   assert len(glob.glob(str(tmp_path / "stats-*-of-00004.json"))) == 4
@@ -119,7 +119,7 @@ def test_more_shards_than_files(world, tmp_path):
 
 def test_rerun_after_crash_is_byte_identical(world, tmp_path):
   clean = tmp_path / "clean"
-  labeling.run_labeling(_config(world, clean))
+  labeller.run_labeling(_config(world, clean))
   crashed = tmp_path / "crashed"
   calls = []
 
@@ -128,7 +128,7 @@ def test_rerun_after_crash_is_byte_identical(world, tmp_path):
     raise KeyboardInterrupt("preempted")
 
   with pytest.raises(KeyboardInterrupt):
-    labeling.run_labeling(_config(world, crashed), after_file=crash_after_first)
+    labeller.run_labeling(_config(world, crashed), after_file=crash_after_first)
   assert len(_outputs(crashed)) == 1
   # A half-written file of a killed job, as atomic_path would leave it after SIGKILL.
   stale = crashed / f"{fileio.TMP_MARK}deadbeef-unlabeled-00001.tfrecord"
@@ -140,7 +140,7 @@ def test_rerun_after_crash_is_byte_identical(world, tmp_path):
   live.write_bytes(b"in progress")
   first = open(calls[0], "rb").read()
   done = []
-  stats = labeling.run_labeling(_config(world, crashed), after_file=done.append)
+  stats = labeller.run_labeling(_config(world, crashed), after_file=done.append)
   assert len(done) == 2                                        # the first file skipped
   assert open(calls[0], "rb").read() == first
   assert not stale.exists() and live.exists()
@@ -154,11 +154,11 @@ def test_t1_distribution_top_k_and_half_precision(world, tmp_path):
   the trainer's --teacher_temperature (selection filters on T = 1 confidence)."""
   _, _, records, model = world
   pattern = str(world[0] / "unlabeled-00000.tfrecord")
-  assert "temperature" not in {f.name for f in dataclasses.fields(labeling.LabelConfig)}
-  stats = labeling.run_labeling(_config(world, tmp_path / "t", pattern=pattern,
+  assert "temperature" not in {f.name for f in dataclasses.fields(labeller.LabelConfig)}
+  stats = labeller.run_labeling(_config(world, tmp_path / "t", pattern=pattern,
                                         storage="float16"))
   assert stats["settings"]["temperature"] == 1.0
-  labeling.run_labeling(_config(world, tmp_path / "k", pattern=pattern,
+  labeller.run_labeling(_config(world, tmp_path / "k", pattern=pattern,
                                 soft_label_top_k=2))
   half = _outputs(tmp_path / "t")["unlabeled-00000.tfrecord"]
   top = _outputs(tmp_path / "k")["unlabeled-00000.tfrecord"]
@@ -180,7 +180,7 @@ def test_truncated_file_is_labelled_up_to_the_break(world, tmp_path):
   broken = tmp_path / "in"
   broken.mkdir()
   (broken / "cut.tfrecord").write_bytes(src[:-20])              # last record truncated
-  stats = labeling.run_labeling(_config(world, tmp_path / "out",
+  stats = labeller.run_labeling(_config(world, tmp_path / "out",
                                         pattern=str(broken / "*.tfrecord")))
   assert stats["num_images"] == PER_FILE[2] - 1
   assert stats["num_corrupt"] == 1
@@ -196,9 +196,9 @@ def test_bad_inputs_fail_before_work(world, tmp_path):
   root, _, _, _ = world
   out = tmp_path / "out"
   with pytest.raises(ValueError, match="no files match"):
-    labeling.run_labeling(_config(world, out, pattern=str(root / "nothing-*")))
+    labeller.run_labeling(_config(world, out, pattern=str(root / "nothing-*")))
   with pytest.raises(ValueError, match="predicts 5 classes, --num_classes says 10"):
-    labeling.run_labeling(_config(world, out, num_classes=10))
+    labeller.run_labeling(_config(world, out, num_classes=10))
   with pytest.raises(ValueError, match="out of range"):
     _config(world, out, shard_index=2, num_shards=2)
   with pytest.raises(ValueError, match="out of range"):
@@ -207,15 +207,15 @@ def test_bad_inputs_fail_before_work(world, tmp_path):
     _config(world, out, storage="int8")
   assert not out.exists()
   pattern = str(root / "unlabeled-00000.tfrecord")
-  labeling.run_labeling(_config(world, out, pattern=pattern))
+  labeller.run_labeling(_config(world, out, pattern=pattern))
   with pytest.raises(ValueError, match="other settings"):
-    labeling.run_labeling(_config(world, out, pattern=pattern, storage="float16"))
+    labeller.run_labeling(_config(world, out, pattern=pattern, storage="float16"))
 
 
 def test_record_helper_replaces_old_pseudo_keys():
   src = schema.image_features(b"bytes", "x")
   src.update(schema.pseudo_features([0.1, 0.9], storage="float32"))
-  out = labeling.with_pseudo_label(schema.make_example(src).SerializeToString(),
+  out = labeller.with_pseudo_label(schema.make_example(src).SerializeToString(),
                                    np.array([0.7, 0.3], np.float32), storage="float16",
                                    top_k=0)
   feats = _features(out)
@@ -232,21 +232,21 @@ def test_rerun_with_other_shard_count_or_teacher_is_refused(world, tmp_path):
   another shard count would be summed with this run's by noisy_student.select."""
   root, _, _, _ = world
   out = tmp_path / "out"
-  labeling.run_labeling(_config(world, out, shard_index=0, num_shards=2))
+  labeller.run_labeling(_config(world, out, shard_index=0, num_shards=2))
   with pytest.raises(ValueError, match=r"other settings.*num_shards: 2 .*4"):
-    labeling.run_labeling(_config(world, out, shard_index=3, num_shards=4))
+    labeller.run_labeling(_config(world, out, shard_index=3, num_shards=4))
   other = _save_teacher(tmp_path / "other", dropout=0.5)
   with pytest.raises(ValueError, match=r"other settings.*teacher"):
-    labeling.run_labeling(_config(world, out, shard_index=1, num_shards=2, teacher=other))
+    labeller.run_labeling(_config(world, out, shard_index=1, num_shards=2, teacher=other))
   with pytest.raises(ValueError, match=r"other settings.*input_files"):
-    labeling.run_labeling(_config(world, out, shard_index=1, num_shards=2,
+    labeller.run_labeling(_config(world, out, shard_index=1, num_shards=2,
                                   pattern=str(root / "unlabeled-0000[01].tfrecord")))
   assert sorted(glob.glob(str(out / "stats-*"))) == [str(out / "stats-00000-of-00002.json")]
-  labeling.run_labeling(_config(world, out, shard_index=1, num_shards=2))  # same: fine
+  labeller.run_labeling(_config(world, out, shard_index=1, num_shards=2))  # same: fine
   # A directory labelled before the settings file existed: its stats name the run.
   os.remove(out / label_stats.LABEL_SETTINGS)
   with pytest.raises(ValueError, match=r"stats-00000-of-00002\.json"):
-    labeling.run_labeling(_config(world, out, shard_index=0, num_shards=4))
+    labeller.run_labeling(_config(world, out, shard_index=0, num_shards=4))
 
 
 def test_second_job_on_the_same_shard_keeps_the_first_ones_temporary(world, tmp_path,
@@ -254,17 +254,17 @@ def test_second_job_on_the_same_shard_keeps_the_first_ones_temporary(world, tmp_
   """Two jobs on one shard (a retried task while the first still runs): both finish,
   and the outputs are those of a single job (the last rename wins, same bytes)."""
   clean = tmp_path / "clean"
-  labeling.run_labeling(_config(world, clean))
+  labeller.run_labeling(_config(world, clean))
   out = tmp_path / "out"
-  original, second = labeling._Sink._open, []  # noqa: SLF001
+  original, second = labeller._Sink._open, []  # noqa: SLF001
 
   def open_then_run_a_second_job(self, k):
     original(self, k)                  # the first job now writes file k's temporary
     if k == 1 and not second:
-      second.append(labeling.run_labeling(_config(world, out)))
+      second.append(labeller.run_labeling(_config(world, out)))
 
-  monkeypatch.setattr(labeling._Sink, "_open", open_then_run_a_second_job)  # noqa: SLF001
-  first = labeling.run_labeling(_config(world, out))
+  monkeypatch.setattr(labeller._Sink, "_open", open_then_run_a_second_job)  # noqa: SLF001
+  first = labeller.run_labeling(_config(world, out))
   assert second and first["num_images"] == second[0]["num_images"] == len(world[2])
   for name in _outputs(clean):
     assert (clean / name).read_bytes() == (out / name).read_bytes(), name
@@ -307,7 +307,7 @@ def _images(world, name="unlabeled-00000.tfrecord"):
 def test_teacher_labels_in_inference_mode_and_noised_adds_dropout(world, tmp_path):
   teacher = _save_teacher(tmp_path / "dropout", dropout=0.9, batch_norm=True)
   pattern = str(world[0] / "unlabeled-00000.tfrecord")
-  runs = {name: labeling.run_labeling(_config(world, tmp_path / name, teacher=teacher,
+  runs = {name: labeller.run_labeling(_config(world, tmp_path / name, teacher=teacher,
                                               pattern=pattern, noised=noised))
           for name, noised in (("clean", False), ("noised1", True), ("noised2", True))}
   assert [s["num_images"] for s in runs.values()] == [PER_FILE[0]] * 3
@@ -325,7 +325,7 @@ def test_teacher_labels_in_inference_mode_and_noised_adds_dropout(world, tmp_pat
 def test_noised_keeps_batch_norm_in_inference_mode(world, tmp_path):
   teacher = _save_teacher(tmp_path / "bn", batch_norm=True)
   pattern = str(world[0] / "unlabeled-00000.tfrecord")
-  labeling.run_labeling(_config(world, tmp_path / "noised", teacher=teacher,
+  labeller.run_labeling(_config(world, tmp_path / "noised", teacher=teacher,
                                 pattern=pattern, noised=True))
   model, _ = model_io.load_model(teacher)
   images = _images(world)
@@ -371,7 +371,7 @@ def test_command_errors_are_one_line(world, tmp_path):
 
 
 def test_shard_index_auto_without_a_scheduler_is_one_line(world, tmp_path):
-  from data import shards
+  from data.records import shards
   env = {k: v for k, v in os.environ.items() if k not in shards.INDEX_VARIABLES}
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
   result = subprocess.run(_command(world, tmp_path / "a", "--shard_index=auto",
@@ -410,10 +410,10 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from noisy_student import labeling
+from noisy_student.labeling import labeller
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 assert strategy.num_replicas_in_sync == 2
-labeling.run_labeling(labeling.LabelConfig(teacher=sys.argv[1], input_pattern=sys.argv[2],
+labeller.run_labeling(labeller.LabelConfig(teacher=sys.argv[1], input_pattern=sys.argv[2],
                                            output_dir=sys.argv[3], batch_size=6), strategy)
 """
 
@@ -424,7 +424,7 @@ def test_mirrored_strategy_matches_default(world, tmp_path):
   import subprocess
   import sys
   root, teacher, _, _ = world
-  labeling.run_labeling(_config(world, tmp_path / "one"))
+  labeller.run_labeling(_config(world, tmp_path / "one"))
   subprocess.run([sys.executable, "-c", _MIRRORED, teacher, str(root / "unlabeled-*"),
                   str(tmp_path / "two")], check=True,
                  cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))

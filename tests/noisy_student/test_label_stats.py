@@ -5,13 +5,13 @@ import sys
 import numpy as np
 import pytest
 
-from noisy_student import label_stats
-from noisy_student import selection
+from noisy_student.labeling import label_stats
+from noisy_student.selection import selector
 
 
 def test_labeller_does_not_import_the_selector():
-  code = ("import sys; import noisy_student.labeling; "
-          "sys.exit('noisy_student.selection' in sys.modules)")
+  code = ("import sys; import noisy_student.labeling.labeller; "
+          "sys.exit('noisy_student.selection.selector' in sys.modules)")
   assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
@@ -54,4 +54,4 @@ def test_file_stats_of_other_settings_are_refused(tmp_path):
 def test_old_names_stay_importable_from_selection():
   for name in ("new_histogram", "confidence_bins", "make_label_stats", "write_label_stats",
                "label_stats_name", "read_label_stats", "NUM_BINS", "LABEL_SETTINGS"):
-    assert getattr(selection, name) is getattr(label_stats, name)
+    assert getattr(selector, name) is getattr(label_stats, name)

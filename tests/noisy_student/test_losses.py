@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from noisy_student import losses
+from noisy_student.training import losses
 
 C = 3
 LOGITS = np.array([[2.0, 0.0, -1.0],     # labeled, label 0

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from noisy_student import evaluate as ev
-from noisy_student import model_io
+from noisy_student.common import model_io
 
 
 def _tiny(size=16):

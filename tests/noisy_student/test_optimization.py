@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from noisy_student import optimization
+from noisy_student.training import optimization
 
 # ------------------------------------------------------------------------------ RMSprop
 

@@ -13,11 +13,11 @@ import pytest
 import tensorflow as tf
 
 from data import fileio
-from data import pipeline
-from data import schema
-from noisy_student import labeling
-from noisy_student import model_io
-from noisy_student import selection
+from data.input import pipeline
+from data.records import schema
+from noisy_student.common import model_io
+from noisy_student.labeling import labeller
+from noisy_student.selection import selector
 
 C = 3
 SIZE = 16
@@ -65,15 +65,15 @@ def _world(root: str) -> tuple[str, str]:
 
 
 def _label(pattern, teacher, out, num_shards=2):
-  return [labeling.run_labeling(labeling.LabelConfig(
+  return [labeller.run_labeling(labeller.LabelConfig(
       teacher=teacher, input_pattern=pattern, output_dir=out, shard_index=i,
       num_shards=num_shards, batch_size=4)) for i in range(num_shards)]
 
 
 def _select(pred, out, num_shards=2):
-  config = selection.SelectionConfig(images_per_class=6, min_threshold=0.0, seed=1)
-  return [selection.run_selection(
-      selection.SelectJob(pred, out, i, num_shards, shuffle_buffer=8), config,
+  config = selector.SelectionConfig(images_per_class=6, min_threshold=0.0, seed=1)
+  return [selector.run_selection(
+      selector.SelectJob(pred, out, i, num_shards, shuffle_buffer=8), config,
       shard_files=pipeline.shard_files) for i in range(num_shards)]
 
 

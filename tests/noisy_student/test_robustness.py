@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from noisy_student import robustness as rb
+from noisy_student.evaluation import robustness as rb
 
 
 def test_alexnet_table_scores_100():

@@ -6,14 +6,16 @@ import subprocess
 import sys
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-DRIVER_COMMAND = "python -m noisy_student.run --flagfile=flags/"
+DRIVER_COMMAND = "python -m noisy_student.run --flagfile="
 
 # One subprocess for all files: run.py defines its flags on absl's global FLAGS.
 CHECK = r"""
 import sys
 from absl import flags
 from data import config_flags
-from noisy_student import iterate, run, settings
+from noisy_student import run
+from noisy_student import settings
+from noisy_student.experiment import iterate
 config_flags.define(settings.ExperimentSettings)
 for path in sys.argv[1:]:
   flags.FLAGS.unparse_flags()
@@ -26,31 +28,30 @@ for path in sys.argv[1:]:
 
 def _driver_flagfiles():
   files = []
-  for path in sorted(glob.glob(os.path.join(REPO, "flags", "*.flags"))):
+  for path in sorted(glob.glob(os.path.join(REPO, "flags", "run", "*.flags"))):
     with open(path) as f:
       head = f.read().split("\n--", 1)[0]
-    if DRIVER_COMMAND in head:
-      assert head.startswith("#")
-      assert DRIVER_COMMAND + os.path.basename(path) in head, path
-      files.append(os.path.relpath(path, REPO))
+    assert head.startswith("#")
+    assert DRIVER_COMMAND + os.path.relpath(path, REPO) in head, path
+    files.append(os.path.relpath(path, REPO))
   return files
 
 
 def test_driver_flagfiles_parse_and_plan():
   files = _driver_flagfiles()
-  assert "flags/fashion_mnist_demo.flags" in files and len(files) >= 7
+  assert "flags/run/fashion_mnist_demo.flags" in files and len(files) >= 7
   result = subprocess.run([sys.executable, "-c", CHECK, *files], cwd=REPO,
                           capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-2000:]
   iterations = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()}
-  assert iterations["flags/fashion_mnist_demo.flags"] == 1
-  assert iterations["flags/fashion_mnist.flags"] == 1
+  assert iterations["flags/run/fashion_mnist_demo.flags"] == 1
+  assert iterations["flags/run/fashion_mnist.flags"] == 1
 
 
 def test_unknown_driver_flag_is_rejected(tmp_path):
   bad = tmp_path / "bad.flags"
-  bad.write_text("--flagfile=flags/fashion_mnist_demo.flags\n--studnet_noise\n")
+  bad.write_text("--flagfile=flags/run/fashion_mnist_demo.flags\n--studnet_noise\n")
   result = subprocess.run([sys.executable, "-c", CHECK, str(bad)], cwd=REPO,
                           capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"))
@@ -61,7 +62,10 @@ PLAN = r"""
 import sys
 from absl import flags
 from data import config_flags
-from noisy_student import driver, iterate, run, settings
+from noisy_student import run
+from noisy_student import settings
+from noisy_student.experiment import driver
+from noisy_student.experiment import iterate
 config_flags.define(settings.ExperimentSettings)
 flags.FLAGS(["run", *sys.argv[1:]])
 for stage in iterate.plan(run.config_from_flags()):
@@ -81,8 +85,8 @@ def _plan(*args):
 def test_demo_abbreviates_the_headline():
   """The demo runs the headline's stages with the same settings except the step counts
   (and the evaluation period), so what it shows is a shortened headline run."""
-  demo = _plan("--flagfile=flags/fashion_mnist_demo.flags", "--workdir=runs/x", "--seed=1")
-  headline = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--seed=1")
+  demo = _plan("--flagfile=flags/run/fashion_mnist_demo.flags", "--workdir=runs/x", "--seed=1")
+  headline = _plan("--flagfile=flags/run/fashion_mnist.flags", "--workdir=runs/x", "--seed=1")
   assert [l.split()[0] for l in demo] == [l.split()[0] for l in headline]
   differ = lambda a, b: sorted({x.split("=")[0] for x in set(a.split()) ^ set(b.split())})
   changed = {l.split()[0]: differ(l, h) for l, h in zip(demo, headline) if l != h}
@@ -94,7 +98,7 @@ def test_demo_abbreviates_the_headline():
 
 def test_driver_schedule_constants_are_the_trainers_defaults():
   from absl import flags
-  from noisy_student import iterate
+  from noisy_student.experiment import iterate
   from noisy_student import train
   fv = train.define_flags(flags.FlagValues())
   assert fv["warmup_epochs"].default == iterate.WARMUP_EPOCHS
@@ -104,7 +108,7 @@ def test_driver_schedule_constants_are_the_trainers_defaults():
 def test_control_is_the_student_without_pseudo_labels():
   """The compute-matched control differs from its student only in the pseudo-labeled
   images (and its own directories): same model, initialisation, steps, noise, seed."""
-  lines = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--seed=2",
+  lines = _plan("--flagfile=flags/run/fashion_mnist.flags", "--workdir=runs/x", "--seed=2",
                 "--iterations=3")
   import dataclasses
 
@@ -120,21 +124,21 @@ def test_control_is_the_student_without_pseudo_labels():
     assert dataclasses.replace(
         student, model_dir=control.model_dir, unlabeled_pattern=None,
         unlabeled_augment=None, unlabeled_ratio=control.unlabeled_ratio) == control
-  warm = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x", "--iterations=2",
+  warm = _plan("--flagfile=flags/run/fashion_mnist.flags", "--workdir=runs/x", "--iterations=2",
                "--init_student_from_teacher")
   for i in (1, 2):
     init = f"--init_from=runs/x/iter{i - 1}/{'teacher' if i == 1 else 'student'}"
     assert all(init in l for l in warm if l.startswith((f"iter{i}/student ",
                                                          f"iter{i}/control ")))
-  no_noise = _plan("--flagfile=flags/fashion_mnist_demo.flags", "--workdir=runs/x",
+  no_noise = _plan("--flagfile=flags/run/fashion_mnist_demo.flags", "--workdir=runs/x",
                    "--nostudent_noise")
   assert "--dropout_rate=0.0" in next(l for l in no_noise if l.startswith("iter1/control "))
   assert not any(l.startswith("iter1/control") for l in _plan(
-      "--flagfile=flags/fashion_mnist_demo.flags", "--workdir=runs/x", "--notrain_controls"))
+      "--flagfile=flags/run/fashion_mnist_demo.flags", "--workdir=runs/x", "--notrain_controls"))
 
 
 def test_temperature_is_applied_once_by_the_student():
-  lines = _plan("--flagfile=flags/fashion_mnist.flags", "--workdir=runs/x",
+  lines = _plan("--flagfile=flags/run/fashion_mnist.flags", "--workdir=runs/x",
                 "--teacher_temperature=0.5")
   assert not any("temperature" in l for l in lines if l.startswith("iter1/label "))
   assert "--teacher_temperature=0.5" in next(l for l in lines if l.startswith("iter1/student "))
@@ -144,7 +148,7 @@ def test_temperature_is_applied_once_by_the_student():
 def test_from_scratch_students_of_one_model_share_a_control():
   """A from-scratch control never sees the teacher, so iterations with the same student
   model share one; a growing student gets its own, and warm starts get one each."""
-  from noisy_student import iterate
+  from noisy_student.experiment import iterate
   c = iterate.ExperimentConfig(workdir="w", iterations=3, students=(
       iterate.ModelSpec(width=0.25), iterate.ModelSpec(width=0.25), iterate.ModelSpec(width=0.5)))
   names = [s.name for s in iterate.plan(c)]

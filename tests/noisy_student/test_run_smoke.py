@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from noisy_student import iterate
+from noisy_student.experiment import iterate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FMNIST = "/usr/share/datasets/fashion-mnist"

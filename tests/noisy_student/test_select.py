@@ -9,13 +9,13 @@ import pytest
 import tensorflow as tf
 
 from data import fileio
-from data import pipeline
+from data.input import pipeline
 
-from data import schema
-from noisy_student import job_io
-from noisy_student import label_stats
-from noisy_student import selection
-from noisy_student import selection_samples
+from data.records import schema
+from noisy_student.common import job_io
+from noisy_student.labeling import label_stats
+from noisy_student.selection import samples
+from noisy_student.selection import selector
 
 NUM_CLASSES = 4
 
@@ -45,7 +45,7 @@ def test_thresholds_walk_down_from_one():
              1: {90: 10, 40: 20, 10: 500},    # never reaches K above 0.3: min_threshold
              2: {20: 30},                     # nothing above min_threshold
              3: {100: 120, 70: 5}})           # exactly K at 1.00
-  plan = selection.plan_selection(h, selection.SelectionConfig(
+  plan = selector.plan_selection(h, selector.SelectionConfig(
       min_threshold=0.3, images_per_class=120))
   np.testing.assert_array_equal(plan.threshold_bin, [80, 30, 30, 100])
   np.testing.assert_array_equal(plan.count_before, [350, 530, 30, 125])
@@ -57,7 +57,7 @@ def test_thresholds_walk_down_from_one():
 def test_threshold_is_highest_t_reaching_k_not_the_bin_with_k():
   # Counts spread over many bins: t* is where the cumulative count first reaches K.
   h = _hist({0: {b: 10 for b in range(101)}, 1: {}, 2: {}, 3: {}})
-  plan = selection.plan_selection(h, selection.SelectionConfig(images_per_class=55))
+  plan = selector.plan_selection(h, selector.SelectionConfig(images_per_class=55))
   assert plan.threshold_bin[0] == 95  # bins 95..100 hold 60 >= 55; 96..100 hold 50.
   assert plan.count_kept[0] == 60
   assert plan.copy_factor[0] == pytest.approx(55 / 60)
@@ -65,11 +65,11 @@ def test_threshold_is_highest_t_reaching_k_not_the_bin_with_k():
 
 def test_no_upsample_caps_factor_and_no_balance_is_plain_filter():
   h = _hist({0: {95: 50, 80: 100, 50: 200}, 1: {90: 10, 40: 20, 10: 500}, 2: {20: 30}})
-  up = selection.plan_selection(h, selection.SelectionConfig(images_per_class=120,
+  up = selector.plan_selection(h, selector.SelectionConfig(images_per_class=120,
                                                              upsample=False))
   np.testing.assert_allclose(up.copy_factor, [0.8, 1.0, 0.0, 0.0])
   np.testing.assert_allclose(up.expected_after, [120, 30, 0, 0])
-  flat = selection.plan_selection(h, selection.SelectionConfig(min_threshold=0.45,
+  flat = selector.plan_selection(h, selector.SelectionConfig(min_threshold=0.45,
                                                                balance=False))
   np.testing.assert_array_equal(flat.threshold_bin, [45] * NUM_CLASSES)
   np.testing.assert_array_equal(flat.count_kept, [350, 10, 0, 0])
@@ -78,24 +78,24 @@ def test_no_upsample_caps_factor_and_no_balance_is_plain_filter():
 
 def test_config_errors():
   with pytest.raises(ValueError, match="images_per_class"):
-    selection.SelectionConfig()
+    selector.SelectionConfig()
   with pytest.raises(ValueError, match="multiple of 0.01"):
-    selection.SelectionConfig(min_threshold=0.305, balance=False)
+    selector.SelectionConfig(min_threshold=0.305, balance=False)
 
 
 def test_stochastic_rounding_is_unbiased_and_keyed_on_id():
-  plan = selection.plan_selection(_hist({0: {90: 10}, 1: {90: 10}}),
-                                  selection.SelectionConfig(images_per_class=25))
+  plan = selector.plan_selection(_hist({0: {90: 10}, 1: {90: 10}}),
+                                  selector.SelectionConfig(images_per_class=25))
   ids = tf.constant([f"img{i}" for i in range(20000)])
-  u = selection.record_uniforms(ids, seed=3).numpy()
+  u = selector.record_uniforms(ids, seed=3).numpy()
   assert ((u >= 0) & (u < 1)).all()
-  np.testing.assert_array_equal(u[:7], selection.record_uniforms(ids[:7], seed=3).numpy())
-  assert not np.array_equal(u, selection.record_uniforms(ids, seed=4).numpy())
-  copies = selection.num_copies(plan, np.zeros(20000), np.full(20000, 0.95, np.float32), u)
+  np.testing.assert_array_equal(u[:7], selector.record_uniforms(ids[:7], seed=3).numpy())
+  assert not np.array_equal(u, selector.record_uniforms(ids, seed=4).numpy())
+  copies = selector.num_copies(plan, np.zeros(20000), np.full(20000, 0.95, np.float32), u)
   assert set(np.unique(copies)) == {2, 3}                    # x = 2.5
   assert copies.mean() == pytest.approx(2.5, abs=0.02)
   assert plan.threshold_bin[0] == 30                         # K never reached
-  below = selection.num_copies(plan, np.zeros(3), np.full(3, 0.29, np.float32), u[:3])
+  below = selector.num_copies(plan, np.zeros(3), np.full(3, 0.29, np.float32), u[:3])
   np.testing.assert_array_equal(below, 0)
 
 
@@ -140,11 +140,11 @@ def _read_outputs(directory):
 
 
 def _run(pred, out, shard_index=0, num_shards=1, **kw):
-  config = selection.SelectionConfig(
+  config = selector.SelectionConfig(
       images_per_class=kw.pop("k", 60), balance=kw.pop("balance", True),
       upsample=kw.pop("upsample", True), seed=kw.pop("seed", 7), min_threshold=0.3)
-  job = selection.SelectJob(str(pred), str(out), shard_index, num_shards, **kw)
-  return selection.run_selection(job, config, shard_files=pipeline.shard_files)
+  job = selector.SelectJob(str(pred), str(out), shard_index, num_shards, **kw)
+  return selector.run_selection(job, config, shard_files=pipeline.shard_files)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +186,7 @@ def test_sharded_pass2_equals_single_job_and_reruns_identically(predictions, tmp
   three = collections.Counter(_read_outputs(tmp_path / "three"))
   assert one == three                                  # same records, same copies
   before = {p: open(p, "rb").read() for p in fileio.list_files(str(tmp_path / "three/*"))}
-  os.remove(tmp_path / "three" / selection.select_stats_name(1, 3))  # "crashed" shard 1
+  os.remove(tmp_path / "three" / selector.select_stats_name(1, 3))  # "crashed" shard 1
   _run(pred, tmp_path / "three", shard_index=1, num_shards=3)
   after = {p: open(p, "rb").read() for p in fileio.list_files(str(tmp_path / "three/*"))}
   assert {p for p in before} == {p for p in after}
@@ -234,7 +234,7 @@ def test_pattern_must_match_stats_files(predictions, tmp_path):
   pred, _ = predictions
   summary = _run(str(pred / "pred-*.tfrecord"), tmp_path / "p", plan_only=True)
   assert summary["total_before"] == 300
-  assert not os.path.exists(tmp_path / "p" / selection.select_stats_name(0, 1))
+  assert not os.path.exists(tmp_path / "p" / selector.select_stats_name(0, 1))
   with pytest.raises(ValueError, match="does not match the files the stats describe"):
     _run(str(pred / "pred-000.tfrecord"), tmp_path / "p")
 
@@ -392,7 +392,7 @@ def test_rerun_with_other_shard_counts_is_refused(predictions, tmp_path):
       _run(pred, out, **kw)
   assert sorted(os.listdir(out)) == before
   # A directory from before the settings file: stale outputs of other shard counts.
-  os.remove(out / selection.SELECT_SETTINGS)
+  os.remove(out / selector.SELECT_SETTINGS)
   with pytest.raises(ValueError, match=r"selected-00000-of-00001\.tfrecord"):
     _run(pred, out, num_shards=2)
 
@@ -401,9 +401,9 @@ def test_empty_selection_is_an_error(tmp_path):
   pred = tmp_path / "pred"
   pred.mkdir()
   _write_stats(str(pred), {"a.tfrecord": [(0, 0.2, f"id-{i}", None) for i in range(9)]})
-  with pytest.raises(selection.EmptySelectionError, match="0 of 9 predictions"):
+  with pytest.raises(selector.EmptySelectionError, match="0 of 9 predictions"):
     _run(pred, tmp_path / "sel", k=5)
-  with pytest.raises(selection.EmptySelectionError):
+  with pytest.raises(selector.EmptySelectionError):
     _run(pred, tmp_path / "plan", k=5, plan_only=True)
   assert os.path.exists(tmp_path / "plan" / "selection.json")   # to look at why
   # Kept records whose stochastic rounding writes no copy at all: also an error.
@@ -411,7 +411,7 @@ def test_empty_selection_is_an_error(tmp_path):
   none = tmp_path / "none"
   none.mkdir()
   _write_stats(str(none), {"a.tfrecord": [(0, 0.97, i, None) for i in ids]})
-  with pytest.raises(selection.EmptySelectionError, match="wrote 0 records"):
+  with pytest.raises(selector.EmptySelectionError, match="wrote 0 records"):
     _run(none, tmp_path / "s", k=1)                     # x = 0.1 for each of the 10
 
 
@@ -462,13 +462,13 @@ def _write_images(path, rows):
 
 
 def test_shown_classes_cap_rows_and_keep_both_ends():
-  assert selection_samples.shown_classes(4) == [0, 1, 2, 3]
-  rows = selection_samples.shown_classes(1000)
-  assert len(rows) == selection_samples.MAX_ROWS and rows[0] == 0 and rows[-1] == 999
+  assert samples.shown_classes(4) == [0, 1, 2, 3]
+  rows = samples.shown_classes(1000)
+  assert len(rows) == samples.MAX_ROWS and rows[0] == 0 and rows[-1] == 999
 
 
 def test_samples_png_has_one_row_per_class_of_distinct_selected_images(tmp_path):
-  """Written by the shard that completes the selection, from the selected records: up
+  """Written by the shard that completes the selector, from the selected records: up
   to 8 distinct images per class (upsampled copies count once)."""
   pred = tmp_path / "pred"
   pred.mkdir()
@@ -487,7 +487,7 @@ def test_samples_png_has_one_row_per_class_of_distinct_selected_images(tmp_path)
   summary = _run(pred, tmp_path / "sel", k=10, upsample=True)
   assert summary["samples_png"] == {"classes": [0, 1, 2, 3], "images": [8, 3, 1, 0]}
   png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "sel" / "samples.png"))).numpy()
-  cell = selection_samples.THUMB + selection_samples._PAD  # noqa: SLF001
+  cell = samples.THUMB + samples._PAD  # noqa: SLF001
   assert png.shape[0] == NUM_CLASSES * cell + 70          # one row per class + title
   # Not written by --plan_only (nothing selected yet).
   _run(pred, tmp_path / "plan", k=10, plan_only=True)
@@ -496,14 +496,14 @@ def test_samples_png_has_one_row_per_class_of_distinct_selected_images(tmp_path)
 
 def test_samples_stop_reading_once_every_class_is_full(tmp_path):
   _write_images(tmp_path / "a.tfrecord", [(c % 2, 0.9, -1) for c in range(20)])
-  rows = selection_samples.read_samples(
+  rows = samples.read_samples(
       [str(tmp_path / "a.tfrecord"), str(tmp_path / "never-read.tfrecord")], [0, 1],
       per_class=8)
   assert [len(r) for r in rows.values()] == [8, 8]
   assert all(s["image"].shape == (38, 64, 3) for r in rows.values() for s in r)
   # A class that never fills: reading goes on to the (missing) second file.
   with pytest.raises(tf.errors.NotFoundError):
-    selection_samples.read_samples(
+    samples.read_samples(
         [str(tmp_path / "a.tfrecord"), str(tmp_path / "never-read.tfrecord")], [0, 2])
 
 
@@ -513,7 +513,7 @@ def test_samples_stop_reading_once_every_class_is_full(tmp_path):
 def _select_command(pred, out, env_index, *flags):
   import subprocess
   import sys
-  from data import shards
+  from data.records import shards
   env = {k: v for k, v in os.environ.items() if k not in shards.INDEX_VARIABLES}
   env.update(TF_CPP_MIN_LOG_LEVEL="3", **env_index)
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -532,7 +532,7 @@ def test_shard_index_auto_takes_the_schedulers_index(predictions, tmp_path):
                            "--num_shards=2")
   assert result.returncode == 0, result.stderr[-2000:]
   assert sorted(p.name for p in out.glob("select-stats-*")) == [
-      selection.select_stats_name(1, 2)]
+      selector.select_stats_name(1, 2)]
   result = _select_command(pred, out, {"SLURM_ARRAY_TASK_ID": "2"}, "--shard_index=auto",
                            "--num_shards=2")
   last = result.stderr.strip().splitlines()[-1]

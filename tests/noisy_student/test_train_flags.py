@@ -9,9 +9,9 @@ import sys
 import pytest
 from absl import flags
 
-from noisy_student import model_io
-from noisy_student import task as task_lib
 from noisy_student import train
+from noisy_student.common import model_io
+from noisy_student.training import task as task_lib
 from tests.noisy_student.records import write_records
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -24,8 +24,16 @@ def _runs_the_trainer(path: str) -> bool:
     return DRIVER_COMMAND not in f.read().split("\n--", 1)[0]
 
 
-FLAGFILES = [p for p in sorted(glob.glob(os.path.join(REPO, "flags", "*.flags")))
-             if _runs_the_trainer(p)]
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "train", "*.flags")))
+
+
+def test_flagfiles_live_in_the_folder_of_the_command_that_reads_them():
+  everything = glob.glob(os.path.join(REPO, "flags", "**", "*.flags"), recursive=True)
+  assert sorted(p for p in everything if os.path.dirname(p).endswith("train")) == FLAGFILES
+  assert all(_runs_the_trainer(p) for p in FLAGFILES)
+  for p in everything:
+    assert os.path.basename(os.path.dirname(p)) in ("run", "train"), p
+    assert _runs_the_trainer(p) == p.endswith(os.path.join("train", os.path.basename(p))), p
 
 
 def parse(*args) -> flags.FlagValues:
@@ -217,8 +225,10 @@ def test_every_flag_default_is_its_config_default():
   """One default per setting: a flag's default is the default of the field it sets."""
   import dataclasses
 
-  from data.preprocessing import PreprocessConfig
-  from noisy_student import losses, optimization, trainer
+  from data.input.preprocessing import PreprocessConfig
+  from noisy_student.training import losses
+  from noisy_student.training import optimization
+  from noisy_student.training import trainer
   fv = parse("--model_dir=x", "--train_pattern=y")
   classes = (task_lib.TaskConfig, trainer.TrainerConfig, losses.LossConfig,
              optimization.ScheduleConfig, PreprocessConfig)
@@ -242,7 +252,7 @@ def _bad_records_dir(root):
   that is not an Example and a label outside [0, 4) among good records."""
   import tensorflow as tf
 
-  from data import schema
+  from data.records import schema
   for i in range(4):
     write_records(str(root / f"lab-{i}.tfrecord"), 8, seed=i)
   good = os.path.join(root, "good.tfrecord")

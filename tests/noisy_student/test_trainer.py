@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from noisy_student import model_io
-from noisy_student import optimization
-from noisy_student import trainer as trainer_lib
+from noisy_student.common import model_io
+from noisy_student.training import optimization
+from noisy_student.training import trainer as trainer_lib
 from tests.noisy_student.tiny_task import TinyConfig, TinyTask
 
 SCHEDULE = optimization.ScheduleConfig(base_lr=0.5, labeled_batch_size=8, steps_per_epoch=8,

@@ -1,6 +1,6 @@
 """A tiny task for the trainer tests: a 2-layer conv net on random 8x8 images.
 
-Same interface as `noisy_student.task.ClassificationTask`; data from
+Same interface as `noisy_student.training.task.ClassificationTask`; data from
 `from_tensor_slices`, so the tests need neither TFRecords nor EfficientNet.
 """
 
@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from noisy_student import losses
+from noisy_student.training import losses
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Training and evaluation input: tf.data pipelines, preprocessing, RandAugment."""

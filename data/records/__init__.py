@@ -1,0 +1,1 @@
+"""Records: the TFRecord schema, the image sources records are made from, shard jobs."""

@@ -1,0 +1,1 @@
+"""Robustness data: the corruptions and perturbations of the evaluation sets."""

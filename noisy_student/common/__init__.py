@@ -1,0 +1,1 @@
+"""What every stage uses at run time: the distribution strategy, model files, shard-job outputs."""

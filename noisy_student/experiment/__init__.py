@@ -1,0 +1,1 @@
+"""The experiment driver's library: the stage plan, the stage runner, the report."""

@@ -1,0 +1,172 @@
+"""The experiment report: report.json, report.md and report.png in the workdir.
+
+Every path goes through tf.io.gfile, so a workdir may be on gs://. Accuracies are
+test-set top-1 fractions in [0, 1], read from each model's
+`test/` evaluation; the number of pseudo-labeled images comes from the selection summary.
+Each iteration's student stands next to its compute-matched control (the same training
+without pseudo-labeled images), the comparison that says whether the pseudo labels, and
+not the extra training, made the difference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from data import fileio
+from data.records import schema
+from noisy_student.experiment import iterate
+
+
+def test_accuracy(model_dir: str) -> float | None:
+  """Top-1 of the clean test evaluation written by `noisy_student.evaluate`."""
+  path = os.path.join(iterate.test_dir(model_dir), "results.json")
+  if not tf.io.gfile.exists(path):
+    return None
+  return float(fileio.read_json(path)["top1"])
+
+
+def dev_accuracy(model_dir: str) -> float | None:
+  """Top-1 of the trained model on the dev split (the trainer's final evaluation), the
+  number that settings are chosen by; the test split is never used for that."""
+  path = os.path.join(model_dir, "eval_metrics.json")
+  if not tf.io.gfile.exists(path):
+    return None
+  return float(fileio.read_json(path)["top1"])
+
+
+def pseudo_label_stats(iteration_dir: str) -> dict:
+  """Pseudo-labeled images used (after filtering and balancing, with copies) and how
+  many of the teacher's pseudo labels were right, from the hidden labels of the split."""
+  stats = {}
+  selection = os.path.join(iteration_dir, "selected", "selection.json")
+  if tf.io.gfile.exists(selection):
+    stats["num_pseudo_labeled"] = fileio.read_json(selection).get("total_written")
+  predictions = tf.io.gfile.glob(os.path.join(iteration_dir, "predictions", "*.tfrecord"))
+  if predictions:
+    stats["pseudo_label_accuracy"] = _pseudo_label_accuracy(predictions)
+  return stats
+
+
+def _pseudo_label_accuracy(files: list[str]) -> float | None:
+  import tensorflow as tf  # Only here: the rest of the report needs no TensorFlow.
+  spec = {schema.PSEUDO_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+          schema.HIDDEN_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  right = total = 0
+  for batch in tf.data.TFRecordDataset(sorted(files)).batch(4096).map(
+      lambda x: tf.io.parse_example(x, spec)):
+    hidden = batch[schema.HIDDEN_LABEL].numpy()
+    known = hidden >= 0
+    right += int((batch[schema.PSEUDO_LABEL].numpy()[known] == hidden[known]).sum())
+    total += int(known.sum())
+  return right / total if total else None
+
+
+def collect(c: iterate.ExperimentConfig) -> dict:
+  baseline = test_accuracy(c.model_dir(0))
+  iterations = []
+  for i in range(1, c.iterations + 1):
+    item = {
+        "iteration": i,
+        "teacher_accuracy": test_accuracy(c.model_dir(i - 1)),
+        "student_accuracy": test_accuracy(c.model_dir(i)),
+        "student_model": vars(c.student(i)),
+    }
+    item["student_dev_accuracy"] = dev_accuracy(c.model_dir(i))
+    if c.train_controls:
+      item["control_accuracy"] = test_accuracy(c.control_dir(i))
+      item["control_dev_accuracy"] = dev_accuracy(c.control_dir(i))
+    item.update(pseudo_label_stats(c.path(f"iter{i}")))
+    iterations.append(item)
+  report = {
+      "baseline_accuracy": baseline,
+      "baseline_dev_accuracy": dev_accuracy(c.model_dir(0)),
+      "iterations": iterations,
+      "labeled_per_class": c.labeled_per_class,
+      "seed": c.seed,
+      "teacher_model": vars(c.teacher),
+  }
+  if c.train_upper_bound:
+    report["all_labels_accuracy"] = test_accuracy(c.path("upper_bound"))
+  return report
+
+
+def _pct(x) -> str:
+  return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _margin(a, b) -> str:
+  return "-" if None in (a, b) else f"{100 * (a - b):+.2f}"
+
+
+def markdown(report: dict) -> str:
+  lines = [
+      "# Noisy Student report", "",
+      f"Labels: {report['labeled_per_class']} per class; seed {report['seed']}.", "",
+      "| model | test top-1 | its control | student - control | pseudo-labeled images used "
+      "| its teacher's pseudo labels right |",
+      "|---|---|---|---|---|---|",
+      f"| supervised baseline (iteration-1 teacher) | {_pct(report['baseline_accuracy'])} "
+      "| - | - | 0 | - |",
+  ]
+  for it in report["iterations"]:
+    control = it.get("control_accuracy")
+    lines.append(f"| student, iteration {it['iteration']} | {_pct(it['student_accuracy'])} "
+                 f"| {_pct(control)} | {_margin(it['student_accuracy'], control)} "
+                 f"| {it.get('num_pseudo_labeled', '-')} "
+                 f"| {_pct(it.get('pseudo_label_accuracy'))} |")
+  if "all_labels_accuracy" in report:
+    lines.append(f"| all labels (upper bound) | {_pct(report['all_labels_accuracy'])} "
+                 "| - | - | - | - |")
+  lines += ["", "Each iteration's teacher is the previous row's model. A student's control "
+            "is the same training (model, initialisation, steps, schedule, noise, labeled "
+            "batch) on the labeled images alone."]
+  return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+  xs = [0] + [it["iteration"] for it in report["iterations"]]
+  ys = [report["baseline_accuracy"]] + [it["student_accuracy"] for it in report["iterations"]]
+  points = [(x, 100 * y) for x, y in zip(xs, ys) if y is not None]
+  fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+  if points:
+    ax.plot(*zip(*points), marker="o", label="model of that iteration")
+  controls = [(it["iteration"], 100 * it["control_accuracy"]) for it in report["iterations"]
+              if it.get("control_accuracy") is not None]
+  if controls:
+    ax.plot(*zip(*controls), marker="s", ls=":", c="tab:red",
+            label="its control (labels only, same budget)")
+  if report.get("all_labels_accuracy") is not None:
+    ax.axhline(100 * report["all_labels_accuracy"], ls="--", c="gray", label="all labels")
+  ax.set_xlabel("iteration (0 = supervised baseline)")
+  ax.set_ylabel("test top-1 (%)")
+  ax.set_xticks(xs)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  with fileio.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png")
+  plt.close(fig)
+
+
+def write(c: iterate.ExperimentConfig, provenance: dict | None = None,
+          results_dir: str | None = None) -> dict:
+  """Writes the report into the workdir (and a copy into `results_dir`).
+
+  Args:
+    provenance: what made the run, stored in report.json: the command, the git commit
+      and the stages' wall time in seconds.
+  """
+  report = collect(c)
+  report.update(provenance or {})
+  for directory in (c.workdir, results_dir) if results_dir else (c.workdir,):
+    fileio.write_json_atomic(os.path.join(directory, "report.json"), report)
+    fileio.write_text_atomic(os.path.join(directory, "report.md"), markdown(report))
+    plot(report, os.path.join(directory, "report.png"))
+  print(markdown(report), flush=True)
+  return report
+

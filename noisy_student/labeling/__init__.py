@@ -1,0 +1,1 @@
+"""Pseudo labelling: the teacher's predictions on unlabeled shards and their stats files."""

@@ -1,0 +1,1 @@
+"""Selection: confidence filtering and class balancing of the pseudo labels."""

@@ -1,0 +1,1 @@
+"""Training: the task (data, model, loss), the custom loop, losses, the optimizer."""
