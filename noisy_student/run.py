@@ -17,12 +17,14 @@ stage commands without running them. The flags are `settings.ExperimentSettings`
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from absl import flags
 
 from data import cli
 from data import config_flags
+from data.records import classes
 from noisy_student import settings as settings_lib
 from noisy_student.experiment import driver
 from noisy_student.experiment import iterate
@@ -36,27 +38,49 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
 
 
 def config_from_settings(s: settings_lib.ExperimentSettings) -> iterate.ExperimentConfig:
+  from_records = _check_data_flags(s)
   widths, depths = list(s.student_widths), list(s.student_depths)
   depths += depths[-1:] * (len(widths) - len(depths))
   widths += widths[-1:] * (len(depths) - len(widths))
-  source_images = s.train_source_images or _fashion_mnist_images(s)
+  names = list(s.student_model_names) or [s.model_name]
+  iterations = max(len(widths), len(names), len(s.student_image_sizes),
+                   len(s.student_eval_image_sizes))
+  each = lambda values, i, default: values[min(i, len(values) - 1)] if values else default
+  students = tuple(iterate.ModelSpec(
+      each(names, i, s.model_name), _override(each(widths, i, None)),
+      _override(each(depths, i, None)), each(s.student_image_sizes, i, None),
+      each(s.student_eval_image_sizes, i, 0)) for i in range(iterations))
+  noise = iterate.NoiseSpec("randaugment", s.randaugment_magnitude, s.randaugment_layers,
+                            s.dropout_rate, s.stochastic_depth_rate)
+  noise_lists = (s.student_randaugment_magnitudes, s.student_dropout_rates,
+                 s.student_stochastic_depth_rates)
+  student_noises = tuple(dataclasses.replace(
+      noise, randaugment_magnitude=each(noise_lists[0], i, noise.randaugment_magnitude),
+      dropout_rate=each(noise_lists[1], i, noise.dropout_rate),
+      stochastic_depth_rate=each(noise_lists[2], i, noise.stochastic_depth_rate))
+      for i in range(max(map(len, noise_lists))))
+  num_classes = s.num_classes or data_classes(s)
+  source_images = 0 if from_records else (
+      s.train_source_images or _fashion_mnist_images(s))
   # Default K: the unlabeled images per class, so balancing keeps the set's size.
   images_per_class = s.images_per_class or max(
-      1, (s.max_train_images or source_images) // s.num_classes - s.labeled_per_class)
+      1, (s.max_train_images or source_images) // num_classes - s.labeled_per_class)
   return iterate.ExperimentConfig(
       workdir=s.workdir, fashion_mnist_dir=s.fashion_mnist_dir,
       train_source=s.train_source, test_source=s.test_source,
       train_source_images=source_images, small_image=s.small_image,
       image_size=s.image_size, seed=s.seed,
-      num_classes=s.num_classes, max_train_images=s.max_train_images,
+      num_classes=num_classes, max_train_images=s.max_train_images,
       max_test_images=s.max_test_images, record_shards=s.record_shards,
       labeled_per_class=s.labeled_per_class, dev_per_class=s.dev_per_class,
       iterations=s.iterations,
-      teacher=iterate.ModelSpec(s.model_name, s.teacher_width, s.teacher_depth),
-      students=tuple(iterate.ModelSpec(s.model_name, w, d) for w, d in zip(widths, depths)),
-      noise=iterate.NoiseSpec("randaugment", s.randaugment_magnitude,
-                              s.randaugment_layers, s.dropout_rate,
-                              s.stochastic_depth_rate),
+      teacher=iterate.ModelSpec(s.teacher_model_name or s.model_name,
+                                _override(s.teacher_width), _override(s.teacher_depth)),
+      students=students, noise=noise, student_noises=student_noises,
+      student_unlabeled_ratios=s.student_unlabeled_ratios,
+      labeled_pattern=s.labeled_pattern, unlabeled_pattern=s.unlabeled_pattern,
+      dev_pattern=s.dev_pattern, test_pattern=s.test_pattern,
+      label_offset=s.label_offset, strategy=s.strategy, tpu=s.tpu,
       student_noise=s.student_noise, unlabeled_augment=s.unlabeled_augment,
       batch_size=s.batch_size, unlabeled_ratio=s.unlabeled_ratio,
       teacher_train_steps=s.teacher_train_steps,
@@ -71,6 +95,41 @@ def config_from_settings(s: settings_lib.ExperimentSettings) -> iterate.Experime
       upper_bound_train_steps=s.upper_bound_train_steps,
       upper_bound_batch_size=s.upper_bound_batch_size,
       extra_train_flags=s.extra_train_flags)
+
+
+def _override(coefficient: float | None) -> float | None:
+  """A width / depth override; 0 keeps the variant's own."""
+  return coefficient or None
+
+
+def _check_data_flags(s: settings_lib.ExperimentSettings) -> bool:
+  """Whether the data are existing TFRecords; raises on an incomplete or mixed set."""
+  patterns = {"unlabeled_pattern": s.unlabeled_pattern, "test_pattern": s.test_pattern,
+              "dev_pattern": s.dev_pattern}
+  if not s.labeled_pattern:
+    given = [name for name, value in patterns.items() if value]
+    if given:
+      raise ValueError(f"--{given[0]} needs --labeled_pattern (the data are either "
+                       "existing TFRecords or made from --train_source/--test_source)")
+    return False
+  missing = [n for n in ("unlabeled_pattern", "test_pattern") if not patterns[n]]
+  if missing:
+    raise ValueError(f"--labeled_pattern needs --{missing[0]}")
+  if s.train_upper_bound:
+    raise ValueError("--train_upper_bound needs the whole labeled pool, which existing "
+                     "TFRecords do not name: it runs only with --train_source")
+  if not s.images_per_class:
+    raise ValueError("--labeled_pattern needs --images_per_class (K of the selection; "
+                     "the unlabeled set is not counted)")
+  return True
+
+
+def data_classes(s: settings_lib.ExperimentSettings) -> int:
+  """The number of classes, read from the data (for --num_classes=0)."""
+  if s.labeled_pattern:
+    return classes.count_classes(f"records:{s.labeled_pattern}",
+                                 label_offset=s.label_offset)
+  return classes.count_classes(s.train_source)
 
 
 def _fashion_mnist_images(s: settings_lib.ExperimentSettings) -> int:

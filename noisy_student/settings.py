@@ -284,8 +284,26 @@ class ExperimentSettings:
   train_source_images: int = setting(
       0, "Images in --train_source (0: Fashion-MNIST's 60,000); sets the default "
       "--images_per_class and the all-labels bound's schedule.")
-  num_classes: int = setting(10, "Classes of the sources.", aliases=["num_label_classes"])
-  image_size: int = setting(32, "Training and evaluation input side.")
+  labeled_pattern: str | None = setting(
+      None, "Existing labeled TFRecords (data/records/schema.py's format, glob or "
+      "comma-separated globs): the teacher's training set. With it the driver makes no "
+      "records and no split: --unlabeled_pattern and --test_pattern name the other "
+      "sets, --dev_pattern the optional dev set, and the --*_source flags are unused.")
+  unlabeled_pattern: str | None = setting(
+      None, "With --labeled_pattern: the unlabeled TFRecords the teachers label.")
+  dev_pattern: str | None = setting(
+      None, "With --labeled_pattern: the dev TFRecords evaluated during training (none: "
+      "no evaluation during training).")
+  test_pattern: str | None = setting(
+      None, "With --labeled_pattern: the test TFRecords every model is evaluated on.")
+  label_offset: int = setting(0, "Subtracted from stored labels: 1 for the 1-based "
+                              "ImageNet TFRecords of the TPU conversion script.")
+  num_classes: int = setting(0, "Classes of the data; 0: read from the data (10 for "
+                             "Fashion-MNIST, the class folders of folder:PATH, TFDS's "
+                             "label feature, or the labels of --labeled_pattern).",
+                             aliases=["num_label_classes"])
+  image_size: int = setting(32, "Training and evaluation input side; 0: each model "
+                            "variant's own (efficientnet/config.py).")
   small_image: bool = setting(True, "The 32x32 EfficientNet variant (block groups 2, 3 "
                               "with stride 1) for every model.")
   seed: int = setting(0, "Seed of the split, the training runs and the selection.")
@@ -306,6 +324,33 @@ class ExperimentSettings:
       "growing values reproduce the paper's growing students.")
   student_depths: tuple[float, ...] = setting(
       (0.5,), "Depth coefficient per iteration, likewise.")
+  teacher_model_name: str | None = setting(None, "Variant of the first teacher; default: "
+                                           "--model_name.")
+  student_model_names: tuple[str, ...] = setting(
+      (), "Variant of the student per iteration (the last repeats), e.g. efficientnet-l2; "
+      "default: --model_name. With a named variant, give --student_widths=0 and "
+      "--student_depths=0 to keep its own width and depth.")
+  student_image_sizes: tuple[int, ...] = setting(
+      (), "Training input side of the student per iteration (the last repeats; 0: the "
+      "variant's own); default: --image_size.")
+  student_eval_image_sizes: tuple[int, ...] = setting(
+      (), "Evaluation input side of the student per iteration (0: its training side).")
+  student_randaugment_magnitudes: tuple[float, ...] = setting(
+      (), "The student's RandAugment magnitude per iteration (the last repeats); "
+      "default: --randaugment_magnitude.")
+  student_dropout_rates: tuple[float, ...] = setting(
+      (), "The student's head dropout per iteration; default: --dropout_rate.")
+  student_stochastic_depth_rates: tuple[float, ...] = setting(
+      (), "The student's stochastic depth per iteration; default: "
+      "--stochastic_depth_rate.")
+  student_unlabeled_ratios: tuple[float, ...] = setting(
+      (), "Unlabeled images per labeled image per iteration (paper Table 7's L2 "
+      "iterations: 14, 14, 28); default: --unlabeled_ratio.")
+  strategy: str = setting("auto", "Distribution strategy of every training, labelling "
+                          "and evaluation job (noisy_student.train --strategy).",
+                          choices=strategy_lib.STRATEGIES)
+  tpu: str | None = setting(None, "TPU of those jobs (noisy_student.train --tpu), e.g. "
+                            "local on a TPU VM.")
   batch_size: int = setting(64, "Labeled images per training step.",
                             aliases=["train_batch_size"])
   unlabeled_ratio: float = setting(3.0, "Unlabeled images per labeled image in a batch.",

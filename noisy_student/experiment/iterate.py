@@ -6,7 +6,9 @@ anything: the trainer's periodic evaluation runs on a dev split held out from th
 
 The data are any image source of `data.make_tfrecords` (Fashion-MNIST's IDX files by
 default, a class-folder tree, a TFDS dataset): its training pool is split into labeled,
-dev and unlabeled images, its test split only evaluates.
+dev and unlabeled images, its test split only evaluates. Or they are existing TFRecords
+(`labeled_pattern`, `unlabeled_pattern`, `dev_pattern`, `test_pattern`, e.g. ImageNet
+and a large unlabeled set on gs://): then there are no data stages.
 
 Layout of `workdir`:
   data/records/{train,test}-*.tfrecord      the train and test sources as TFRecords
@@ -40,9 +42,12 @@ LR_DECAY_EPOCHS = config_flags.default(settings_lib.TrainSettings, "lr_decay_epo
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+  """A model variant, with optional width / depth overrides (None: the variant's own)."""
   name: str = "efficientnet-b0"
-  width: float = 0.25
-  depth: float = 0.5
+  width: float | None = 0.25
+  depth: float | None = 0.5
+  image_size: int | None = None  # None: the experiment's --image_size; 0: the variant's
+  eval_image_size: int = 0  # 0: the training size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +83,17 @@ class ExperimentConfig:
   iterations: int = 3
   teacher: ModelSpec = ModelSpec()
   students: tuple[ModelSpec, ...] = (ModelSpec(),)  # per iteration; the last repeats
-  noise: NoiseSpec = NoiseSpec()
+  noise: NoiseSpec = NoiseSpec()  # the teacher's, and the students' unless below
+  student_noises: tuple[NoiseSpec, ...] = ()  # per iteration; the last repeats
+  student_unlabeled_ratios: tuple[float, ...] = ()  # likewise; default unlabeled_ratio
+  # Existing TFRecords instead of the sources (no data stages); see the module docstring.
+  labeled_pattern: str | None = None
+  unlabeled_pattern: str | None = None
+  dev_pattern: str | None = None
+  test_pattern: str | None = None
+  label_offset: int = 0
+  strategy: str = "auto"
+  tpu: str | None = None
   student_noise: bool = True
   unlabeled_augment: str = "randaugment"
   batch_size: int = 64
@@ -114,7 +129,34 @@ class ExperimentConfig:
     return os.path.join(self.workdir, *parts)
 
   def student(self, iteration: int) -> ModelSpec:
-    return self.students[min(iteration, len(self.students)) - 1]
+    return _per_iteration(self.students, iteration)
+
+  def student_noise_spec(self, iteration: int) -> NoiseSpec:
+    """The student's noise in `iteration` (none with student_noise off)."""
+    if not self.student_noise:
+      return NO_NOISE
+    return _per_iteration(self.student_noises, iteration, self.noise)
+
+  def student_unlabeled_ratio(self, iteration: int) -> float:
+    return _per_iteration(self.student_unlabeled_ratios, iteration, self.unlabeled_ratio)
+
+  @property
+  def from_records(self) -> bool:
+    """The data are existing TFRecords: no records or split stages."""
+    return bool(self.labeled_pattern)
+
+  def data(self, kind: str) -> str | None:
+    """The pattern of one data set: labeled, unlabeled, dev or test."""
+    if self.from_records:
+      return getattr(self, f"{kind}_pattern")
+    folder = ("data", "records") if kind == "test" else ("data", "split")
+    return f"{self.path(*folder)}/{kind}-*"
+
+  def data_stage(self, kind: str) -> tuple[str, ...]:
+    """The stage that writes one data set (none for existing TFRecords)."""
+    if self.from_records:
+      return ()
+    return ("data/records_test",) if kind == "test" else ("data/split",)
 
   def model_dir(self, iteration: int) -> str:
     """The teacher of iteration i+1 is the model trained in iteration i."""
@@ -130,11 +172,18 @@ class ExperimentConfig:
     """
     if self.init_student_from_teacher:
       return iteration
-    return next(j for j in range(1, iteration + 1)
-                if self.student(j) == self.student(iteration))
+    same = lambda j: (self.student(j), self.student_noise_spec(j))
+    return next(j for j in range(1, iteration + 1) if same(j) == same(iteration))
 
   def control_dir(self, iteration: int) -> str:
     return self.path(f"iter{self.control_iteration(iteration)}", "control")
+
+
+def _per_iteration(values: tuple, iteration: int, default=None):
+  """values[iteration - 1], the last value for later iterations, `default` if empty."""
+  if not values:
+    return default
+  return values[min(iteration, len(values)) - 1]
 
 
 def model_stage(iteration: int) -> str:
@@ -143,6 +192,8 @@ def model_stage(iteration: int) -> str:
 
 
 def data_stages(c: ExperimentConfig) -> list[driver.Stage]:
+  if c.from_records:
+    return []
   records = c.path("data", "records")
   source = {"train": c.train_source, "test": c.test_source}
   make = lambda split, limit: (
@@ -185,10 +236,12 @@ def _train_settings(c: ExperimentConfig, model_dir: str, model: ModelSpec,
                     noise: NoiseSpec, steps: int, train_pattern: str, batch_size: int = 0,
                     **changes) -> settings_lib.TrainSettings:
   """One model's training: this experiment's data, model, noise and schedule."""
+  image_size = c.image_size if model.image_size is None else model.image_size
   return settings_lib.TrainSettings(
-      model_dir=model_dir, train_pattern=train_pattern,
-      eval_pattern=f"{c.path('data', 'split')}/dev-*", num_classes=c.num_classes,
-      image_size=c.image_size, small_image=c.small_image, model_name=model.name,
+      model_dir=model_dir, train_pattern=train_pattern, eval_pattern=c.data("dev"),
+      num_classes=c.num_classes, label_offset=c.label_offset, strategy=c.strategy,
+      tpu=c.tpu, image_size=image_size, eval_image_size=model.eval_image_size,
+      small_image=c.small_image, model_name=model.name,
       width_coefficient=model.width, depth_coefficient=model.depth,
       train_batch_size=batch_size or c.batch_size, train_steps=steps,
       eval_every_steps=c.eval_every_steps, augment=noise.augment,
@@ -212,9 +265,9 @@ def _test_stage(c: ExperimentConfig, name: str, model_dir: str,
   """A model's clean test-set evaluation."""
   settings = settings_lib.EvalSettings(
       model=model_dir, suite="clean", output_dir=test_dir(model_dir),
-      eval_pattern=f"{c.path('data', 'records')}/test-*")
+      eval_pattern=c.data("test"), label_offset=c.label_offset)
   return driver.Stage(name, (_command("noisy_student.evaluate", settings),),
-                      inputs=(train_stage, "data/records_test"),
+                      inputs=(train_stage,) + c.data_stage("test"),
                       outputs=(test_dir(model_dir),))
 
 
@@ -222,8 +275,8 @@ def teacher_stages(c: ExperimentConfig) -> list[driver.Stage]:
   teacher = c.model_dir(0)
   return [
       _train_stage("iter0/teacher", _train_command(c, _train_settings(
-          c, teacher, c.teacher, c.noise, c.teacher_train_steps,
-          f"{c.path('data', 'split')}/labeled-*")), teacher, ("data/split",)),
+          c, teacher, c.teacher, c.noise, c.teacher_train_steps, c.data("labeled"))),
+          teacher, c.data_stage("labeled")),
       _test_stage(c, "iter0/teacher_test", teacher, "iter0/teacher"),
   ]
 
@@ -257,9 +310,10 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
   teacher, student = c.model_dir(i - 1), c.model_dir(i)
   predictions, selected = c.path(f"iter{i}", "predictions"), c.path(f"iter{i}", "selected")
   label = tuple(_command("noisy_student.label", settings_lib.LabelSettings(
-      teacher=teacher, unlabeled_pattern=f"{c.path('data', 'split')}/unlabeled-*",
+      teacher=teacher, unlabeled_pattern=c.data("unlabeled"),
       output_dir=predictions, shard_index=str(s), num_shards=c.label_shards,
-      num_classes=c.num_classes, noised=c.noised_teacher))
+      num_classes=c.num_classes, noised=c.noised_teacher, strategy=c.strategy,
+      tpu=c.tpu))
       for s in range(c.label_shards))
   select = tuple(_command("noisy_student.select", settings_lib.SelectSettings(
       predictions_dir=predictions, output_dir=selected, min_threshold=c.min_threshold,
@@ -267,12 +321,14 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
       num_shards=c.label_shards, balancing=c.balancing))
       for s in range(c.label_shards))
   pseudo_labeled = dict(
-      unlabeled_pattern=f"{selected}/*.tfrecord", unlabeled_ratio=c.unlabeled_ratio,
+      unlabeled_pattern=f"{selected}/*.tfrecord",
+      unlabeled_ratio=c.student_unlabeled_ratio(i),
       label_type=c.label_type, teacher_temperature=c.teacher_temperature,
       unlabeled_augment=c.unlabeled_augment if c.student_noise else "none")
   stages = [
       driver.Stage(f"iter{i}/label", label, parallel=c.parallel_jobs,
-                   inputs=(model_stage(i - 1), "data/split"), outputs=(predictions,)),
+                   inputs=(model_stage(i - 1),) + c.data_stage("unlabeled"),
+                   outputs=(predictions,)),
       driver.Stage(f"iter{i}/select", select, parallel=c.parallel_jobs,
                    inputs=(f"iter{i}/label",), outputs=(selected,)),
       _train_stage(f"iter{i}/student", _student_command(c, i, student, pseudo_labeled),
@@ -297,15 +353,15 @@ def _student_command(c: ExperimentConfig, i: int, model_dir: str,
   pseudo-labeled images: same model, initialisation, steps, schedule (in labeled
   epochs), noise on the labeled images, labeled batch and seed.
   """
-  noise = c.noise if c.student_noise else NO_NOISE
   init = {"init_from": c.model_dir(i - 1)} if c.init_student_from_teacher else {}
   return _train_command(c, _train_settings(
-      c, model_dir, c.student(i), noise, c.student_train_steps,
-      f"{c.path('data', 'split')}/labeled-*", **(pseudo_labeled or {}), **init))
+      c, model_dir, c.student(i), c.student_noise_spec(i), c.student_train_steps,
+      c.data("labeled"), **(pseudo_labeled or {}), **init))
 
 
 def _student_inputs(c: ExperimentConfig, i: int) -> tuple[str, ...]:
-  return ("data/split",) + ((model_stage(i - 1),) if c.init_student_from_teacher else ())
+  return c.data_stage("labeled") + (
+      (model_stage(i - 1),) if c.init_student_from_teacher else ())
 
 
 def plan(c: ExperimentConfig) -> list[driver.Stage]:

@@ -83,13 +83,20 @@ def collect(c: iterate.ExperimentConfig) -> dict:
       "baseline_accuracy": baseline,
       "baseline_dev_accuracy": dev_accuracy(c.model_dir(0)),
       "iterations": iterations,
-      "labeled_per_class": c.labeled_per_class,
+      "labeled_per_class": None if c.from_records else c.labeled_per_class,
+      "labeled_pattern": c.labeled_pattern,
       "seed": c.seed,
       "teacher_model": vars(c.teacher),
   }
   if c.train_upper_bound:
     report["all_labels_accuracy"] = test_accuracy(c.path("upper_bound"))
   return report
+
+
+def _labels(report: dict) -> str:
+  if report.get("labeled_pattern"):
+    return f"the records {report['labeled_pattern']}"
+  return f"{report['labeled_per_class']} per class"
 
 
 def _pct(x) -> str:
@@ -103,7 +110,7 @@ def _margin(a, b) -> str:
 def markdown(report: dict) -> str:
   lines = [
       "# Noisy Student report", "",
-      f"Labels: {report['labeled_per_class']} per class; seed {report['seed']}.", "",
+      f"Labels: {_labels(report)}; seed {report['seed']}.", "",
       "| model | test top-1 | its control | student - control | pseudo-labeled images used "
       "| its teacher's pseudo labels right |",
       "|---|---|---|---|---|---|",

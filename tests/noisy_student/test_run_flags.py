@@ -5,12 +5,16 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DRIVER_COMMAND = "python -m noisy_student.run --flagfile="
 
 # One subprocess for all files: run.py defines its flags on absl's global FLAGS.
 CHECK = r"""
 import sys
+
+import pytest
 from absl import flags
 from data import config_flags
 from noisy_student import run
@@ -60,6 +64,8 @@ def test_unknown_driver_flag_is_rejected(tmp_path):
 
 PLAN = r"""
 import sys
+
+import pytest
 from absl import flags
 from data import config_flags
 from noisy_student import run
@@ -157,3 +163,81 @@ def test_from_scratch_students_of_one_model_share_a_control():
       "w/iter1/control", "w/iter1/control", "w/iter3/control"]
   warm = iterate.ExperimentConfig(workdir="w", iterations=2, init_student_from_teacher=True)
   assert [warm.control_dir(i) for i in (1, 2)] == ["w/iter1/control", "w/iter2/control"]
+
+
+def test_existing_records_replace_the_data_stages():
+  """With --labeled_pattern the plan makes no records and no split: every stage reads
+  the given patterns, and a stage lists no data stage among its inputs."""
+  from absl import flags
+
+  from data import config_flags
+  from noisy_student import run
+  from noisy_student import settings
+  from noisy_student.experiment import iterate
+  fv = flags.FlagValues()
+  config_flags.define(settings.ExperimentSettings, fv)
+  fv(["run", "--workdir=w", "--labeled_pattern=L/*", "--unlabeled_pattern=U/*",
+      "--test_pattern=T/*", "--num_classes=7", "--images_per_class=50", "--iterations=2",
+      "--label_offset=1"])
+  stages = iterate.plan(run.config_from_settings(config_flags.read(
+      settings.ExperimentSettings, fv)))
+  names = [s.name for s in stages]
+  assert not any(n.startswith("data/") for n in names)
+  assert all(not i.startswith("data/") for s in stages for i in s.inputs)
+  text = {s.name: " ".join(" ".join(c) for c in s.commands) for s in stages}
+  assert "--train_pattern=L/*" in text["iter0/teacher"]
+  assert "--eval_pattern" not in text["iter0/teacher"]  # no dev set given: no dev eval
+  assert "--label_offset=1" in text["iter2/student"]
+  assert "--unlabeled_pattern=U/*" in text["iter1/label"]
+  assert "--eval_pattern=T/*" in text["iter2/student_test"]
+  assert "--label_offset=1" in text["iter2/student_test"]
+
+
+def test_records_mode_refuses_incomplete_or_mixed_data_flags():
+  from data import config_flags
+  from noisy_student import run
+  from noisy_student import settings
+  base = ["--workdir=w", "--num_classes=3"]
+  def config(*args):
+    return run.config_from_settings(config_flags.parse_args(
+        settings.ExperimentSettings, base + list(args)))
+  records = ["--labeled_pattern=L", "--unlabeled_pattern=U", "--test_pattern=T"]
+  with pytest.raises(ValueError, match="--labeled_pattern needs --test_pattern"):
+    config("--labeled_pattern=L", "--unlabeled_pattern=U")
+  with pytest.raises(ValueError, match="--unlabeled_pattern needs --labeled_pattern"):
+    config("--unlabeled_pattern=U")
+  with pytest.raises(ValueError, match="needs --images_per_class"):
+    config(*records)
+  with pytest.raises(ValueError, match="--train_upper_bound needs the whole labeled pool"):
+    config(*records, "--images_per_class=5", "--train_upper_bound")
+  assert config(*records, "--images_per_class=5").from_records
+
+
+def test_models_noise_and_ratio_per_iteration():
+  """A growing chain (the paper's B7 -> L2 -> L2 -> L2): model variant, input sizes,
+  noise and unlabeled ratio per iteration, the last value repeating."""
+  lines = _plan("--flagfile=flags/run/imagenet.flags", "--workdir=w")
+  student = lambda i: next(l for l in lines if l.startswith(f"iter{i}/student "))
+  teacher = next(l for l in lines if l.startswith("iter0/teacher "))
+  assert "--model_name=efficientnet-b7" in teacher and "--image_size" not in teacher
+  assert "--width_coefficient" not in teacher  # 0: the variant's own width
+  for i, ratio in ((1, "14.0"), (2, "14.0"), (3, "28.0")):
+    line = student(i)
+    assert "--model_name=efficientnet-l2" in line and "--image_size=475" in line
+    assert "--eval_image_size=800" in line and f"--unlabeled_ratio={ratio}" in line
+    assert "--strategy=tpu --tpu=local" in line
+  assert not any("/control" in l for l in lines)
+  noisy = _plan("--flagfile=flags/run/fashion_mnist_demo.flags", "--workdir=w",
+                "--iterations=3", "--student_randaugment_magnitudes=5,9",
+                "--student_dropout_rates=0.3")
+  line = lambda name: next(l for l in noisy if l.startswith(name + " "))
+  assert "--randaugment_magnitude=5.0" in line("iter0/teacher")
+  assert "--dropout_rate=0.2" in line("iter0/teacher")
+  assert "--randaugment_magnitude=5.0" in line("iter1/student")
+  assert "--randaugment_magnitude=9.0" in line("iter2/student")
+  assert "--randaugment_magnitude=9.0" in line("iter3/student")
+  assert all("--dropout_rate=0.3" in line(f"iter{i}/student") for i in (1, 2, 3))
+  # A control is the student without pseudo labels: new noise, new control.
+  controls = [l.split()[0] for l in noisy if l.split()[0].endswith("/control")]
+  assert controls == ["iter1/control", "iter2/control"]
+  assert "--randaugment_magnitude=9.0" in line("iter2/control")
