@@ -59,11 +59,49 @@ def main_guard(prog: str | None = None) -> Callable:
   return decorate
 
 
+_FLAGFILE = ("--flagfile", "-flagfile")
+
+
+def _read_flagfile(path: str) -> list[str]:
+  """The flags of a flagfile read through tf.io.gfile, as absl reads a local one: one
+  per line; blank lines and `#` or `//` comments skipped."""
+  import tensorflow as tf  # Only here: the entry points' flags need no TensorFlow.
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      lines = f.readlines()
+  except tf.errors.NotFoundError:
+    raise flags.Error(f"no flagfile at {path}") from None
+  except tf.errors.OpError as e:
+    raise flags.Error(f"cannot read the flagfile {path}: {e.message}") from None
+  return [l.strip() for l in lines if not l.isspace() and not l.startswith(("#", "//"))]
+
+
+def expand_remote_flagfiles(args: list[str], seen: tuple[str, ...] = ()) -> list[str]:
+  """`args` with each `--flagfile=PATH` on a remote path (gs://, any `://`) replaced,
+  in place, by that file's flags. absl open()s flagfiles, so it reads only local ones
+  (which are left to it); the driver writes its flagfiles into the workdir."""
+  out = []
+  for i, arg in enumerate(args):
+    name, _, path = arg.partition("=")
+    if arg == "--":  # The rest are positional arguments.
+      return out + list(args[i:])
+    if name not in _FLAGFILE or "://" not in path:
+      out.append(arg)
+    elif path in seen:
+      raise flags.Error(f"the flagfile {path} includes itself")
+    else:
+      out += expand_remote_flagfiles(_read_flagfile(path), seen + (path,))
+  return out
+
+
 def parse_flags(prog: str | None = None) -> Callable:
-  """An `app.run` flags_parser: a flag error is one line and exit status 2 (absl: 1)."""
+  """An `app.run` flags_parser: a flag error is one line and exit status 2 (absl: 1).
+
+  Remote flagfiles (`--flagfile=gs://...`) are read through tf.io.gfile first.
+  """
   def parse(argv):
     try:
-      return flags.FLAGS(argv)
+      return flags.FLAGS(argv[:1] + expand_remote_flagfiles(argv[1:]))
     except flags.Error as e:
       fail(prog or prog_name(), f"{e} (--helpfull lists the flags)")
   return parse

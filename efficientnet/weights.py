@@ -18,7 +18,9 @@ standard deviation, we apply the same correction, so the result computes what
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import warnings
 
 import keras
@@ -203,20 +205,41 @@ def _file_num_classes(path: str) -> int | None:
   return found[0] if found else None
 
 
-def _keras_model_from_file(model: keras.Model, path: str, include_head: bool):
-  if not os.path.exists(path):
+@contextlib.contextmanager
+def _local_file(path: str):
+  """`path` itself when local, else a local copy of it made through tf.io.gfile (gs://).
+
+  h5py, and Keras' reader of the legacy `.h5` files it publishes, open() their file.
+  Local paths need no TensorFlow: the model runs on any Keras backend.
+  """
+  if "://" not in path:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no weights file at {path}")
+    yield path
+    return
+  import tensorflow as tf  # Only here: the package itself runs without TensorFlow.
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"no weights file at {path}")
-  variant = _keras_variant(model)
-  classes = _file_num_classes(path)
-  if classes is None and include_head:
-    raise ValueError(f"{path} holds no classifier (include_top=False weights); "
-                     "pass include_head=False")
-  builder = getattr(keras.applications, KERAS_APPLICATIONS[variant])
-  source = builder(weights=None, input_shape=(32, 32, 3), include_top=classes is not None,
-                   classes=classes or 1000, classifier_activation=None)
-  try:
-    source.load_weights(path)
-  except ValueError as e:
-    raise ValueError(f"{path} does not hold keras.applications {KERAS_APPLICATIONS[variant]} "
-                     f"weights (the model is {variant}): {e}") from e
+  with tempfile.TemporaryDirectory() as local:
+    copy = os.path.join(local, os.path.basename(path))
+    tf.io.gfile.copy(path, copy)
+    yield copy
+
+
+def _keras_model_from_file(model: keras.Model, path: str, include_head: bool):
+  with _local_file(path) as local:
+    variant = _keras_variant(model)
+    classes = _file_num_classes(local)
+    if classes is None and include_head:
+      raise ValueError(f"{path} holds no classifier (include_top=False weights); "
+                       "pass include_head=False")
+    builder = getattr(keras.applications, KERAS_APPLICATIONS[variant])
+    source = builder(weights=None, input_shape=(32, 32, 3), include_top=classes is not None,
+                     classes=classes or 1000, classifier_activation=None)
+    try:
+      source.load_weights(local)
+    except ValueError as e:
+      raise ValueError(f"{path} does not hold keras.applications "
+                       f"{KERAS_APPLICATIONS[variant]} weights (the model is {variant}): "
+                       f"{e}") from e
   return source

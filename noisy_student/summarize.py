@@ -20,6 +20,7 @@ import sys
 
 from absl import app
 from absl import flags
+import tensorflow as tf
 
 from data import cli
 from data import fileio
@@ -49,7 +50,7 @@ def load(workdir: str, all_labels_dir: str | None = None) -> dict:
 
 def _read(workdir: str) -> dict:
   path = os.path.join(workdir, "report.json")
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path}: no report (has the driver finished in {workdir}?)")
   report = fileio.read_json(path)
   for key in ("baseline_accuracy", "iterations"):

@@ -22,7 +22,6 @@ mFR) are percentages of the baseline (the baseline itself scores 100), as in the
 
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -90,9 +89,10 @@ def parse_class_subset(spec: str | Sequence[int]) -> tuple[int, ...]:
   elif spec.strip() == "imagenet_a":
     indices = list(IMAGENET_A_INDICES)
   else:
+    import tensorflow as tf  # Only here (gs:// files): the rest needs no TensorFlow.
     text = spec
-    if os.path.exists(spec):
-      with open(spec) as f:
+    if tf.io.gfile.exists(spec):
+      with tf.io.gfile.GFile(spec) as f:
         text = "\n".join(line.split("#")[0] for line in f)
     indices = [int(tok) for tok in text.replace(",", " ").split()]
   if not indices:

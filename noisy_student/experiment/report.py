@@ -156,7 +156,8 @@ def plot(report: dict, path: str) -> None:
   ax.legend(loc="lower right", fontsize=8)
   fig.tight_layout()
   with fileio.atomic_path(path) as tmp:
-    fig.savefig(tmp, format="png")
+    with tf.io.gfile.GFile(tmp, "wb") as f:  # savefig(path) would open() it locally.
+      fig.savefig(f, format="png")
   plt.close(fig)
 
 

@@ -136,3 +136,28 @@ def test_flag_errors_are_one_line(capsys, monkeypatch):
   assert exit_.value.code == 2
   err = capsys.readouterr().err
   assert err.startswith("prog: error: ") and "--batch_size" in err and err.count("\n") == 1
+
+
+def test_remote_flagfiles_are_read_through_gfile(monkeypatch):
+  """absl open()s flagfiles; `gs://` ones (here TF's in-memory filesystem) are read by
+  data.cli instead, nested ones too, and a missing one is a flag error naming it."""
+  import uuid
+  import tensorflow as tf
+  root = f"ram://cli-{uuid.uuid4().hex[:8]}"
+  tf.io.gfile.makedirs(root)
+  with tf.io.gfile.GFile(f"{root}/inner.flags", "w") as f:
+    f.write("// inner\n--name=inner\n")
+  with tf.io.gfile.GFile(f"{root}/outer.flags", "w") as f:
+    f.write(f"# stage x\n\n--batch_size=3\n--flagfile={root}/inner.flags\n--count=1\n")
+  fv = flags.FlagValues()
+  flags.DEFINE_integer("batch_size", 1, "", flag_values=fv)
+  flags.DEFINE_integer("count", 0, "", flag_values=fv)
+  flags.DEFINE_string("name", "", "", flag_values=fv)
+  monkeypatch.setattr(flags, "FLAGS", fv)
+  assert cli.expand_remote_flagfiles([f"--flagfile={root}/outer.flags", "--count=2"]) == [
+      "--batch_size=3", "--name=inner", "--count=1", "--count=2"]
+  cli.parse_flags("prog")(["prog", f"--flagfile={root}/outer.flags", "--count=2"])
+  assert (fv.batch_size, fv.name, fv.count) == (3, "inner", 2)  # Later flags win.
+  with pytest.raises(flags.Error, match=f"{root}/missing.flags"):
+    cli.expand_remote_flagfiles([f"--flagfile={root}/missing.flags"])
+  tf.io.gfile.rmtree(root)

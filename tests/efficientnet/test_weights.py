@@ -1,4 +1,6 @@
 """Weight import from randomly initialised keras.applications models (no downloads)."""
+import os
+import uuid
 import warnings
 
 import keras
@@ -60,7 +62,7 @@ def test_import_b0_from_model(keras_b0):
   _assert_same_outputs(ours, keras_b0, _images())
 
 
-@pytest.mark.parametrize("file_format", ["keras3", "legacy"])
+@pytest.mark.parametrize("file_format", ["keras3", "legacy", "legacy_remote"])
 def test_import_b0_from_weights_file(tmp_path, file_format, keras_b0):
   theirs = keras_b0
   if file_format == "keras3":
@@ -72,8 +74,16 @@ def test_import_b0_from_weights_file(tmp_path, file_format, keras_b0):
     path = str(tmp_path / "b0.h5")
     with h5py.File(path, "w") as f:
       legacy_h5_format.save_weights_to_hdf5_group(f, theirs)
+  if file_format == "legacy_remote":  # On TF's in-memory filesystem, a stand-in for gs://.
+    tf = pytest.importorskip("tensorflow")
+    remote, path = path, f"ram://weights-{uuid.uuid4().hex[:8]}/b0.h5"
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    tf.io.gfile.copy(remote, path)
+    os.remove(remote)  # Only the remote copy can be read.
   ours = efficientnet.load_keras_applications_weights(_ours("efficientnet-b0", 10), path)
   _assert_same_outputs(ours, theirs, _images())
+  if file_format == "legacy_remote":
+    tf.io.gfile.rmtree(os.path.dirname(path))
 
 
 def test_published_checkpoint_normalisation_is_corrected(

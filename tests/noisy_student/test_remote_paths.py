@@ -4,8 +4,6 @@ A stand-in for gs://: every read and write must go through tf.io.gfile. A local-
 call (open, os.path.abspath, glob, os.remove...) either fails on these paths or leaves
 a `ram:` folder in the working directory, which the tests check is still empty.
 """
-import os
-import uuid
 
 import keras
 import numpy as np
@@ -30,17 +28,6 @@ def _copy_tree(src: str, dst: str) -> None:
     tf.io.gfile.makedirs(target)
     for name in names:
       tf.io.gfile.copy(f"{directory}/{name}", f"{target}/{name}", overwrite=True)
-
-
-@pytest.fixture()
-def ram(tmp_path, monkeypatch):
-  """A fresh ram:// root; the test runs in an empty local directory that must stay so."""
-  root = f"ram://ns-{uuid.uuid4().hex[:8]}"
-  monkeypatch.chdir(tmp_path)
-  yield root
-  assert os.listdir(tmp_path) == [], "something was written to the local disk"
-  if tf.io.gfile.exists(root):
-    tf.io.gfile.rmtree(root)
 
 
 def _world(root: str) -> tuple[str, str]:

@@ -1,6 +1,9 @@
 """Robustness metrics pinned on hand-computed examples."""
+import uuid
+
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from noisy_student.evaluation import robustness as rb
 
@@ -130,6 +133,10 @@ def test_parse_class_subset(tmp_path):
   path = tmp_path / "subset.txt"
   path.write_text("# my classes\n4 2\n7,2\n")
   assert rb.parse_class_subset(str(path)) == (2, 4, 7)
+  remote = f"ram://subset-{uuid.uuid4().hex[:8]}.txt"  # A stand-in for gs://.
+  tf.io.gfile.copy(str(path), remote)
+  assert rb.parse_class_subset(remote) == (2, 4, 7)
+  tf.io.gfile.remove(remote)
   with pytest.raises(ValueError):
     rb.parse_class_subset(" ")
 
