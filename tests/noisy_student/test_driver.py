@@ -121,7 +121,7 @@ def test_a_stage_needs_commands():
 
 def test_stage_jobs_die_with_the_driver(tmp_path):
   out = tmp_path / "pid.txt"
-  script = ("import sys; from noisy_student import driver; "
+  script = ("import sys; from noisy_student.experiment import driver; "
             f"driver.StageRunner({str(tmp_path / 'work')!r}).run("
             f"driver.Stage('s', (({FAKE!r}, {str(out)!r}, 'sleep'),)))")
   parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,

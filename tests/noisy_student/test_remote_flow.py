@@ -19,13 +19,13 @@ import tensorflow as tf
 from data import cli
 from data import config_flags
 from data import make_tfrecords
-from data import sources
 from data import split as split_lib
-from noisy_student import driver
-from noisy_student import iterate
-from noisy_student import report
+from data.records import sources
 from noisy_student import settings as settings_lib
 from noisy_student import summarize
+from noisy_student.experiment import driver
+from noisy_student.experiment import iterate
+from noisy_student.experiment import report
 
 C, SIZE = 3, 16
 TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 3
