@@ -360,7 +360,7 @@ GOOD_IDS = sorted([f"pets/{c}/{i:02d}.{'png' if i % 2 else 'jpg'}" for c in ("ca
 @pytest.mark.parametrize("where", ["local", "ram"])
 def test_jobs_write_every_image_exactly_once(class_folder, tmp_path, where):
   if where == "ram":
-    root, out = "ram://jobs/pets", "ram://jobs/out"
+    root, out = f"ram://{tmp_path.name}/pets", f"ram://{tmp_path.name}/out"
     _copy_tree(class_folder, root)
   else:
     root, out = str(class_folder), str(tmp_path / "out")
