@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRA),test]"
+	$(PY) -m pip install -q -e ".[$(EXTRA),test,tfds]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

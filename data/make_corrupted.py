@@ -237,8 +237,21 @@ def decode_record(serialized: bytes, index: int):
     raise ValueError(f"the image does not decode ({type(e).__name__}: {e})") from None
 
 
-def make_corrupted(config: CorruptConfig) -> dict:
-  """Writes this shard's corrupted files; returns the manifest (also written as JSON)."""
+def _progress_bar(config: CorruptConfig, num_variants: int, show: bool):
+  """A tqdm bar of this shard's records (its total is known only with --max_examples)."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+  total = (len(range(config.shard_index, config.max_examples, config.num_shards))
+           if config.max_examples else None)
+  return tqdm.tqdm(total=total, unit="img", disable=not show or not num_variants,
+                   desc=f"shard {config.shard_index}/{config.num_shards}, "
+                        f"{num_variants} variants")
+
+
+def make_corrupted(config: CorruptConfig, show_progress: bool = True) -> dict:
+  """Writes this shard's corrupted files; returns the manifest (also written as JSON).
+
+  `show_progress`: a progress bar on stderr (records done, rate, bad records so far).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   files = fileio.list_files(config.input_pattern)
   variants = [(c, s) for c in config.corruptions for s in config.severities]
@@ -247,15 +260,18 @@ def make_corrupted(config: CorruptConfig) -> dict:
   todo = [v for v in variants if config.overwrite or not tf.io.gfile.exists(paths[v])]
   count, bad = 0, []
   with contextlib.ExitStack() as stack:
+    bar = stack.enter_context(_progress_bar(config, len(todo), show_progress))
     writers = {v: stack.enter_context(tf.io.TFRecordWriter(
         stack.enter_context(fileio.atomic_path(paths[v])))) for v in todo}
-    # Writers close (LIFO) before their atomic renames.
+    # Writers close (LIFO) before their atomic renames, and before the bar.
     for index, serialized in (shard_records(files, config.shard_index, config.num_shards,
                                             config.max_examples) if todo else ()):
       try:
         example, image = decode_record(serialized, index)
       except ValueError as e:
         bad.append({"index": index, "id": _record_id(serialized), "error": str(e)})
+        bar.set_postfix(bad=len(bad), refresh=False)
+        bar.update()
         if len(bad) > config.max_bad_records:
           raise ValueError(f"more than --max_bad_records={config.max_bad_records} bad "
                            f"records in {config.input_pattern} (the last: record {index}, "
@@ -267,6 +283,7 @@ def make_corrupted(config: CorruptConfig) -> dict:
         out = corrupt_image(image, c, s, variant_seed(config.seed, c, s, image_id))
         writers[(c, s)].write(corrupted_example(example, out, c, s).SerializeToString())
       count += 1
+      bar.update()
   if bad:
     print(f"skipped {len(bad)} bad records (listed in the manifest)")
   manifest = {"input_pattern": config.input_pattern, "input_files": files,

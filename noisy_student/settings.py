@@ -19,6 +19,7 @@ import dataclasses
 from data import config_flags
 from data.config_flags import setting
 from data.input import pipeline
+from data.records import shards
 from noisy_student import evaluate
 from noisy_student.common import strategy as strategy_lib
 from noisy_student.labeling import labeller
@@ -197,11 +198,6 @@ class TrainSettings:
     return bool(self.unlabeled_pattern)
 
 
-_SHARD_INDEX_HELP = ("This job's shard, 0..num_shards-1, or 'auto': from the scheduler "
-                     "(JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID, TPU_WORKER_ID or "
-                     "CLOUD_TPU_TASK_ID; data/records/shards.py).")
-
-
 @dataclasses.dataclass(frozen=True)
 class LabelSettings:
   """`noisy_student.label`: one shard of the un-noised teacher's pseudo labels."""
@@ -211,7 +207,7 @@ class LabelSettings:
                                    "or a directory).", required=True,
                                    aliases=["input_pattern", "unlabel_data_dir"])
   output_dir: str = setting(None, "Where to write.", required=True)
-  shard_index: str = setting("0", _SHARD_INDEX_HELP)
+  shard_index: str = setting("0", shards.SHARD_INDEX_HELP)
   num_shards: int = setting(1, "Number of labelling jobs.")
   eval_batch_size: int = setting(64, "Images per teacher call (global).",
                                  aliases=["batch_size"])
@@ -252,7 +248,7 @@ class SelectSettings:
       "capped at 1); none: a plain filter, confidence >= min_threshold, one copy each.",
       choices=BALANCINGS)
   seed: int = setting(0, "Seeds stochastic rounding and the shuffle.")
-  shard_index: str = setting("0", _SHARD_INDEX_HELP)
+  shard_index: str = setting("0", shards.SHARD_INDEX_HELP)
   num_shards: int = setting(1, "Number of pass-2 jobs.")
   num_output_shards: int = setting(1, "Output files per job (files in all: num_shards "
                                    "* this).")

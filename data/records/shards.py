@@ -28,6 +28,12 @@ INDEX_VARIABLES = ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID", "TPU_WORKER_ID
                    "CLOUD_TPU_TASK_ID")
 
 
+# The --shard_index help of every sharded command (label, select, make_tfrecords).
+SHARD_INDEX_HELP = ("This job's shard, 0..num_shards-1, or 'auto': from the scheduler "
+                    "(" + ", ".join(INDEX_VARIABLES[:-1]) + " or " + INDEX_VARIABLES[-1]
+                    + "; data/records/shards.py).")
+
+
 def index_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int, str]:
   """(shard index, the variable it came from) from the scheduler's variables.
 

@@ -1,17 +1,24 @@
 """Image sources for `data.make_tfrecords`: Fashion-MNIST IDX files, image folders, TFDS.
 
-A source is a list of lightweight `Item`s (enumerated cheaply, in a deterministic order)
-plus a `load(item)` that returns the encoded bytes. `make_tfrecords` shuffles the items
-with the seed, assigns them to shards and calls `load` inside its parallel workers, so
-only the shard being written holds image bytes in memory (TFDS sources excepted: see
-`TfdsSource`).
+Two kinds of source:
+  * Listed sources (Fashion-MNIST, folders) enumerate lightweight `Item`s (names and
+    labels, no image bytes) in a deterministic order: all at once (`items()`) for the
+    single-process mode, which shuffles them with the seed, or lazily (`iter_items()`)
+    for sharded jobs, which keep only the items of their own output files. `load(item)`
+    returns the encoded bytes, called inside the writer threads, so only the files being
+    written hold image bytes.
+  * Streamed sources (TFDS) cut the split into contiguous ranges, one per output file
+    (`file_ranges`), and yield the items of a range as TFDS reads them
+    (`iter_range`), bytes included: nothing holds the split.
 
 Source specs (the `--source` flag):
   * `fashion_mnist:train` / `fashion_mnist:test`: the IDX files (Xiao et al. 2017),
     encoded as 28x28 grey PNGs.
   * `folder:PATH`: one subfolder per class (class index = position in the sorted
-    subfolder names), or a flat folder of images (unlabeled, label -1).
-  * `tfds:NAME/SPLIT`: any TensorFlow Datasets image dataset.
+    subfolder names), or a flat folder of images (unlabeled, label -1). Local or remote
+    (gs://, ...): every listing and read goes through tf.io.gfile.
+  * `tfds:NAME/SPLIT`: any TensorFlow Datasets image dataset (SPLIT may be a slice,
+    e.g. `train[:10%]`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import logging
 import os
 import struct
 import urllib.request
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -67,7 +75,7 @@ class CorruptImage(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-  """One image to write. `ref` is source-specific (an index or a path)."""
+  """One image to write. `ref` is source-specific (an index, a path, or TFDS's bytes)."""
   image_id: str
   label: int
   filename: str
@@ -95,9 +103,10 @@ def read_idx(path: str) -> np.ndarray:
   Format (LeCun's MNIST page): 2 zero bytes, a dtype code, the number of dimensions,
   then one big-endian uint32 per dimension, then the data in C order.
   """
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
+  with tf.io.gfile.GFile(path, "rb") as f:
     data = f.read()
+  if path.endswith(".gz"):
+    data = gzip.decompress(data)
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
     raise ValueError(f"{path}: not an IDX file (magic {data[:4]!r})")
   ndim = data[3]
@@ -128,7 +137,7 @@ def _find_or_download(name: str, search_dirs, cache_dir: str, download_fn) -> st
   for directory in search_dirs:
     for candidate in (name, name[:-len(".gz")]):  # Also accept uncompressed copies.
       path = os.path.join(directory, candidate)
-      if os.path.isfile(path):
+      if tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
         return path
   target = os.path.join(cache_dir, name)
   errors = []
@@ -193,9 +202,12 @@ class FashionMnistSource:
     self.class_names = list(FASHION_MNIST_CLASSES)
     self._images, self._labels = load_fashion_mnist(split, directory, **kwargs)
 
+  def iter_items(self) -> Iterator[Item]:
+    for i, label in enumerate(self._labels):
+      yield Item(f"fashion_mnist/{self.split}/{i:06d}", int(label), f"{i:06d}.png", i)
+
   def items(self) -> list[Item]:
-    return [Item(f"fashion_mnist/{self.split}/{i:06d}", int(label), f"{i:06d}.png", i)
-            for i, label in enumerate(self._labels)]
+    return list(self.iter_items())
 
   def load(self, item: Item) -> Encoded:
     return Encoded(encode_png(self._images[item.ref]), "png", 28, 28)
@@ -226,18 +238,68 @@ def _encoded_from_file_bytes(data: bytes, where: str) -> Encoded:
     raise CorruptImage(f"{where}: {type(e).__name__}: {e}") from e
 
 
-def list_images(directory: str) -> list[str]:
-  """Image files (IMAGE_EXTENSIONS) under `directory`, recursive, sorted.
+# ------------------------------------------------------------------------ image folders
+
+
+def _list_dir(directory: str) -> tuple[list[str], list[str]]:
+  """(non-hidden subfolder names, image file names) of one folder, each sorted.
+
+  One `listdir`; an entry is a folder when the listing marks it so (a trailing `/`, as
+  gs:// does) or, for names without an image extension, when `isdir` says so. Image
+  names are taken as files without asking: a flat folder of millions of images costs
+  one listing, not one request per file.
+  """
+  subdirs, files = [], []
+  for entry in tf.io.gfile.listdir(directory):
+    name = entry.rstrip("/")
+    if name.startswith("."):  # Hidden files and folders, temporaries (`.tmp-*`).
+      continue
+    if entry.endswith("/"):
+      subdirs.append(name)
+    elif name.lower().endswith(IMAGE_EXTENSIONS):
+      files.append(name)
+    elif tf.io.gfile.isdir(os.path.join(directory, name)):
+      subdirs.append(name)
+  return sorted(subdirs), sorted(files)
+
+
+def _walk_images(directory: str, subdirs: list[str], files: list[str]) -> Iterator[str]:
+  # Folders sort as `name/`: this depth-first order is the sorted order of full paths.
+  entries = sorted([(d + "/", True) for d in subdirs] + [(f, False) for f in files])
+  for name, is_dir in entries:
+    if is_dir:
+      yield from iter_images(os.path.join(directory, name[:-1]))
+    else:
+      yield os.path.join(directory, name)
+
+
+def iter_images(directory: str) -> Iterator[str]:
+  """Image files (IMAGE_EXTENSIONS) under `directory`, recursive, in sorted order, lazily.
 
   Hidden files and folders are skipped (so are temporaries, `.tmp-*`). Local or remote
-  paths (tf.io.gfile).
+  paths (tf.io.gfile); only one folder's listing is held at a time.
   """
-  found = []
-  for root, dirs, files in tf.io.gfile.walk(directory):
-    dirs[:] = sorted(d.rstrip("/") for d in dirs if not d.startswith("."))
-    found.extend(os.path.join(root, f) for f in files
-                 if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
-  return sorted(found)
+  yield from _walk_images(directory, *_list_dir(directory))
+
+
+def list_images(directory: str) -> list[str]:
+  """`iter_images` as a sorted list."""
+  return list(iter_images(directory))
+
+
+def _folder_listing(root: str) -> tuple[list[str] | None, Iterator[tuple[str, int]]]:
+  """(class names or None, a lazy iterator of (image path, label)): see `folder_images`."""
+  if not tf.io.gfile.isdir(root):
+    raise FileNotFoundError(f"image folder {root!r} does not exist")
+  classes, files = _list_dir(root)
+  if not classes and not files:
+    raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
+  if classes:
+    pairs = ((f, c) for c, d in enumerate(classes)
+             for f in iter_images(os.path.join(root, d)))
+  else:
+    pairs = ((os.path.join(root, f), schema.UNLABELED) for f in files)
+  return classes or None, pairs
 
 
 def folder_images(root: str) -> tuple[list[str], list[int], list[str] | None]:
@@ -245,24 +307,25 @@ def folder_images(root: str) -> tuple[list[str], list[int], list[str] | None]:
 
   `root/<class>/.../<image>`: class index = position of <class> among the sorted
   non-hidden subfolders. A folder without subfolders holds unlabeled images (label -1,
-  class names None).
+  class names None). Local or remote paths (tf.io.gfile).
 
   Raises:
     FileNotFoundError: no folder at `root`.
     ValueError: no images.
   """
-  if not tf.io.gfile.isdir(root):
-    raise FileNotFoundError(f"image folder {root!r} does not exist")
-  classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
-                   if not d.startswith(".") and tf.io.gfile.isdir(os.path.join(root, d)))
-  if classes:
-    pairs = [(f, c) for c, d in enumerate(classes)
-             for f in list_images(os.path.join(root, d))]
-  else:
-    pairs = [(f, schema.UNLABELED) for f in list_images(root)]
+  classes, pairs = _folder_listing(root)
+  pairs = list(pairs)
   if not pairs:
     raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
-  return [f for f, _ in pairs], [c for _, c in pairs], classes or None
+  return [f for f, _ in pairs], [c for _, c in pairs], classes
+
+
+def _clean_root(path: str) -> str:
+  """`path` without a trailing `/`; local paths normalised (os.path.normpath would turn
+  `gs://b/x` into `gs:/b/x`, so remote ones are left alone)."""
+  if "://" in path:
+    return path.rstrip("/")
+  return os.path.normpath(path)
 
 
 class FolderSource:
@@ -270,75 +333,144 @@ class FolderSource:
 
   Class index = position of the subfolder name in sorted order. Ids are
   `{folder name}/{path relative to the folder}`, stable across seeds and shard counts.
+  Only the top folder is listed on construction; images are enumerated on use.
   """
 
   def __init__(self, path: str):
-    path = os.path.normpath(path)
+    path = _clean_root(path)
     self.path = path
     self.name = f"folder:{path}"
     self.split = "train"
-    files, labels, self.class_names = folder_images(path)
-    self._files = list(zip(files, labels))
+    # The first enumeration uses this listing (a flat folder is listed once, not twice).
+    self.class_names, self._pending = _folder_listing(path)
+
+  def iter_items(self) -> Iterator[Item]:
+    """Every image, lazily, in sorted path order (ValueError at the end if none)."""
+    base = self.path.rsplit("/", 1)[-1]
+    prefix = self.path.rstrip("/") + "/"
+    pairs, self._pending = self._pending or _folder_listing(self.path)[1], None
+    found = False
+    for f, label in pairs:
+      rel = f[len(prefix):] if f.startswith(prefix) else f
+      found = True
+      yield Item(f"{base}/{rel}", label, rel, f)
+    if not found:
+      raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                       f"{self.path!r}")
 
   def items(self) -> list[Item]:
-    base = os.path.basename(self.path)
-    out = []
-    for f, label in self._files:
-      rel = os.path.relpath(f, self.path).replace(os.sep, "/")
-      out.append(Item(f"{base}/{rel}", label, rel, f))
-    return out
+    return list(self.iter_items())
 
   def load(self, item: Item) -> Encoded:
     try:
-      with open(item.ref, "rb") as f:
+      with tf.io.gfile.GFile(item.ref, "rb") as f:
         data = f.read()
-    except OSError as e:
+    except (OSError, tf.errors.OpError) as e:
       raise CorruptImage(f"{item.filename}: unreadable: {e}") from e
     return _encoded_from_file_bytes(data, item.filename)
 
 
-class TfdsSource:
-  """A TensorFlow Datasets split. The stored encoded bytes are kept (PNG, or JPEG where
-  TFDS stores JPEG), read with `SkipDecoding`, so nothing is re-compressed.
+# --------------------------------------------------------------------------------- TFDS
 
-  The split is held in memory as encoded bytes (fine for CIFAR/SVHN-sized sets; for
-  ImageNet use the TPU conversion script's TFRecords with `label_offset=1`).
+
+class TfdsSource:
+  """A TensorFlow Datasets split, streamed: the stored encoded bytes (PNG, or JPEG where
+  TFDS stores JPEG) are read with `SkipDecoding`, so nothing is re-compressed, and
+  records are yielded as TFDS reads them; nothing holds the split.
+
+  Labels are TFDS's ClassLabel indices, 0-based as stored (no offset). Ids are
+  `{name}/{split}/{index:06d}`, the index in TFDS's order of the split (TFDS shuffles
+  examples once, when it prepares the data set); the filename is the data set's
+  `file_name` feature where it has one (ImageNet), else the index.
+
+  Args:
+    spec: `NAME/SPLIT`, e.g. `imagenet2012/train` or `svhn_cropped/train[:50%]`.
+    data_dir: TFDS's data_dir (default: its own, ~/tensorflow_datasets).
+    manual_dir: where manually downloaded files are (imagenet2012's tars).
+    prepare: prepare the data set when it is not yet; False refuses instead (sharded
+      jobs must not prepare it N times at once).
   """
 
-  def __init__(self, spec: str, data_dir: str | None = None):
+  def __init__(self, spec: str, data_dir: str | None = None,
+               manual_dir: str | None = None, prepare: bool = True):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     if "/" not in spec:
       raise ValueError(f"TFDS source must be NAME/SPLIT, got {spec!r}")
     name, split = spec.split("/", 1)
+    self._tfds = tfds
     self.name = f"tfds:{spec}"
     self.split = "".join(c if c.isalnum() else "_" for c in split)
+    self._prefix = f"{name}/{self.split}"
+    self._read_split = split
     builder = tfds.builder(name, data_dir=data_dir)
-    features = builder.info.features
+    features = dict(builder.info.features.items())
     image_keys = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
     if not image_keys:
       raise ValueError(f"TFDS dataset {name!r} has no Image feature")
     labels = [k for k, f in features.items() if isinstance(f, tfds.features.ClassLabel)]
-    label_key = "label" if "label" in labels else (labels[0] if labels else None)
-    self.class_names = list(features[label_key].names) if label_key else None
-    builder.download_and_prepare()
-    ds = builder.as_dataset(split=split, shuffle_files=False,
-                            decoders={image_keys[0]: tfds.decode.SkipDecoding()})
-    self._data = []
-    for ex in ds.as_numpy_iterator():
-      label = int(ex[label_key]) if label_key else schema.UNLABELED
-      self._data.append((ex[image_keys[0]], label))
-    self._prefix = f"{name}/{self.split}"
+    self._image_key = image_keys[0]
+    self._label_key = "label" if "label" in labels else (labels[0] if labels else None)
+    self._file_key = "file_name" if isinstance(features.get("file_name"),
+                                               tfds.features.Text) else None
+    self.class_names = (list(features[self._label_key].names) if self._label_key
+                        else None)
+    if not builder.is_prepared():
+      if not prepare:
+        raise ValueError(
+            f"TFDS dataset {name!r} is not prepared in {data_dir or 'TFDS data_dir'}: "
+            "prepare it once before starting sharded jobs (data.make_tfrecords without "
+            f"--shard_index, or `tfds build {name}` with the same data_dir)")
+      config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+      builder.download_and_prepare(download_config=config)
+    self._builder = builder
+    self.num_examples = builder.info.splits[split].num_examples
 
-  def items(self) -> list[Item]:
-    return [Item(f"{self._prefix}/{i:06d}", label, f"{i:06d}", i)
-            for i, (_, label) in enumerate(self._data)]
+  def file_ranges(self, num_files: int, max_examples: int = 0
+                  ) -> list[tuple[object, int, int]]:
+    """(TFDS split to read, index of its first example, number of examples) of each of
+    `num_files` contiguous, nearly equal parts of the split (`tfds.even_splits`).
+
+    `max_examples` > 0 keeps the first that many examples of TFDS's order (which TFDS
+    shuffled when it prepared the data set).
+    """
+    base = self._read_split
+    if 0 < max_examples < self.num_examples:
+      if "[" in base:
+        raise ValueError(f"--max_examples with the sliced TFDS split {base!r}: put the "
+                         f"limit in the slice instead (e.g. {base.split('[')[0]}"
+                         f"[:{max_examples}])")
+      base = f"{base}[:{max_examples}]"
+    ranges, start = [], 0
+    for part in self._tfds.even_splits(base, num_files):
+      count = self._builder.info.splits[part].num_examples
+      ranges.append((part, start, count))
+      start += count
+    return ranges
+
+  def iter_range(self, part, start: int, count: int) -> Iterator[Item]:
+    """The items of one `file_ranges` part, as TFDS reads them; `ref` holds the bytes."""
+    if not count:  # More files than examples: TFDS refuses to read an empty part.
+      return
+    ds = self._builder.as_dataset(
+        split=part, shuffle_files=False,
+        decoders={self._image_key: self._tfds.decode.SkipDecoding()})
+    for i, ex in enumerate(ds.as_numpy_iterator(), start):
+      label = int(ex[self._label_key]) if self._label_key else schema.UNLABELED
+      filename = ex[self._file_key].decode() if self._file_key else f"{i:06d}"
+      yield Item(f"{self._prefix}/{i:06d}", label, filename, ex[self._image_key])
 
   def load(self, item: Item) -> Encoded:
-    return _encoded_from_file_bytes(self._data[item.ref][0], item.image_id)
+    return _encoded_from_file_bytes(item.ref, item.image_id)
+
+
+def is_streamed(source) -> bool:
+  """Whether `source` is written in contiguous ranges (`file_ranges`), not listed items."""
+  return hasattr(source, "file_ranges")
 
 
 def make_source(spec: str, *, fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR,
-                cache_dir: str = DEFAULT_CACHE_DIR, tfds_data_dir: str | None = None):
+                cache_dir: str = DEFAULT_CACHE_DIR, tfds_data_dir: str | None = None,
+                tfds_manual_dir: str | None = None, tfds_prepare: bool = True):
   """Builds a source from its `--source` spec (see the module docstring)."""
   kind, _, arg = spec.partition(":")
   if kind == "fashion_mnist":
@@ -346,6 +478,7 @@ def make_source(spec: str, *, fashion_mnist_dir: str = DEFAULT_FASHION_MNIST_DIR
   if kind == "folder":
     return FolderSource(arg)
   if kind == "tfds":
-    return TfdsSource(arg, data_dir=tfds_data_dir)
+    return TfdsSource(arg, data_dir=tfds_data_dir, manual_dir=tfds_manual_dir,
+                      prepare=tfds_prepare)
   raise ValueError(f"unknown source {spec!r}: use fashion_mnist:train|test, folder:PATH "
                    f"or tfds:NAME/SPLIT")

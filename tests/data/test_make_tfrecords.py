@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from data import config_flags
 from data import fileio
 from data import make_tfrecords
 from data.records import schema
@@ -333,18 +334,126 @@ def test_failed_shard_leaves_no_partial_file(tmp_path, monkeypatch):
   assert "train_summary.json" not in left and len(left) <= 1  # Only the good shard.
 
 
-def test_tfds_source_keeps_stored_bytes(tmp_path):
-  import tensorflow_datasets as tfds
-  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
-    source = sources.make_source("tfds:mnist/train")
-    summary = make_tfrecords.make_tfrecords(source, str(tmp_path), num_shards=2, seed=0,
-                                            show_progress=False)
-  assert summary["split"] == "train" and summary["num_records"] == 6
-  assert summary["class_names"] == [str(i) for i in range(10)]
-  ex = _records(tmp_path / summary["files"][0])[0]
-  assert _feature(ex, schema.ID).decode().startswith("mnist/train/")
-  assert _feature(ex, schema.FORMAT) == b"png"
-  assert tf.io.decode_png(_feature(ex, schema.ENCODED)).shape == (28, 28, 1)
+# ---------------------------------------------------------------------- sharded jobs
+
+
+def _copy_tree(src, dst):
+  """Copies a local folder to `dst` (any tf.io.gfile path, e.g. ram://)."""
+  for path in sorted(src.rglob("*")):
+    target = dst + "/" + path.relative_to(src).as_posix()
+    if path.is_dir():
+      tf.io.gfile.makedirs(target)
+    else:
+      with tf.io.gfile.GFile(target, "wb") as f:
+        f.write(path.read_bytes())
+
+
+def _ids_by_file(directory, names):
+  return {name: [_feature(ex, schema.ID).decode()
+                 for ex in _records(os.path.join(directory, name))] for name in names}
+
+
+GOOD_IDS = sorted([f"pets/{c}/{i:02d}.{'png' if i % 2 else 'jpg'}" for c in ("cat", "dog")
+                   for i in range(10)] + ["pets/dog/x.bmp"])
+
+
+@pytest.mark.parametrize("where", ["local", "ram"])
+def test_jobs_write_every_image_exactly_once(class_folder, tmp_path, where):
+  if where == "ram":
+    root, out = f"ram://{tmp_path.name}/pets", f"ram://{tmp_path.name}/out"
+    _copy_tree(class_folder, root)
+  else:
+    root, out = str(class_folder), str(tmp_path / "out")
+  source = sources.make_source(f"folder:{root}")
+  total = 3 * 2
+  names = [make_tfrecords.shard_name("train", g, total) for g in range(total)]
+  jobs = []
+  for k in (1, 0, 2):  # In any order; the last to complete merges.
+    jobs.append(make_tfrecords.make_tfrecords(
+        source, out, num_shards=3, num_output_shards=2, shard_index=k, seed=4,
+        show_progress=False))
+    # Job k writes only its own files.
+    written = {n for n in names if tf.io.gfile.exists(f"{out}/{n}")}
+    assert written == {names[g] for j in jobs for g in (2 * j["shard_index"],
+                                                        2 * j["shard_index"] + 1)}
+  assert [j["merged"] is None for j in jobs] == [True, True, False]
+  by_file = _ids_by_file(out, names)
+  ids = sorted(i for file_ids in by_file.values() for i in file_ids)
+  assert ids == GOOD_IDS  # Every readable image once, in one file.
+  for name, file_ids in by_file.items():  # The file of an image is its hash mod T ...
+    assert all(names.index(name) == make_tfrecords.stable_hash(4, i) % total
+               for i in file_ids)
+    # ... and the order within a file is the hash's (a seeded shuffle, not the listing).
+    assert file_ids == sorted(file_ids, key=lambda i: make_tfrecords.stable_hash(4, i))
+  merged = fileio.read_json(f"{out}/train_summary.json")
+  assert merged == jobs[-1]["merged"]
+  assert merged["files"] == names and merged["assignment"] == "hash"
+  assert merged["counts_per_class"] == {"0": 10, "1": 11}
+  assert merged["num_records"] == 21 == sum(merged["records_per_shard"])
+  assert [s["id"] for s in merged["skipped"]] == ["pets/cat/broken.png"]
+  assert sum(j["num_skipped"] for j in jobs) == 1  # Counted by exactly one job.
+  assert merged["class_names"] == ["cat", "dog"] and merged["num_shards"] == 3
+  assert not any(fileio.is_temporary(n) for n in tf.io.gfile.listdir(out))
+
+
+def test_job_rerun_after_interruption_skips_finished_files(class_folder, tmp_path,
+                                                           monkeypatch):
+  source = sources.make_source(f"folder:{class_folder}")
+  out = tmp_path / "out"
+  run = lambda **kw: make_tfrecords.make_tfrecords(
+      source, str(out), num_shards=2, num_output_shards=3, shard_index=1, seed=0,
+      show_progress=False, num_workers=1, **kw)
+  names = [make_tfrecords.shard_name("train", g, 6) for g in (3, 4, 5)]
+  file_of = {i: make_tfrecords.stable_hash(0, i) % 6 for i in GOOD_IDS}
+  victim = next(i for i in GOOD_IDS if file_of[i] == 5)  # Fails in the job's last file.
+  loaded, interrupted = [], []
+
+  def load(item):
+    loaded.append(item.image_id)
+    if item.image_id == victim and not interrupted:
+      interrupted.append(victim)
+      raise KeyboardInterrupt("preempted")
+    return sources.FolderSource.load(source, item)
+  monkeypatch.setattr(source, "load", load)
+  with pytest.raises(KeyboardInterrupt):
+    run()
+  assert sorted(os.listdir(out)) == sorted(names[:2] + ["train_summary-00001-of-00002.json"])
+  state = json.loads((out / "train_summary-00001-of-00002.json").read_text())
+  assert not state["complete"] and sorted(state["files"]) == names[:2]
+  first = {n: (out / n).read_bytes() for n in names[:2]}
+  loaded.clear()
+  summary = run()
+  # Only the unfinished file's images were read again; the finished files are untouched.
+  in_last = [i for i in GOOD_IDS + ["pets/cat/broken.png"]
+             if make_tfrecords.stable_hash(0, i) % 6 == 5]
+  assert sorted(loaded) == sorted(in_last) and victim in loaded
+  assert summary["already_present"] == names[:2] and summary["complete"]
+  assert all((out / n).read_bytes() == b for n, b in first.items())
+  assert sorted(summary["files"]) == names and summary["merged"] is None  # Job 0: not run.
+  assert summary["num_records"] == sum(1 for i in file_of if file_of[i] >= 3)
+  with pytest.raises(ValueError, match="other settings"):
+    make_tfrecords.make_tfrecords(source, str(out), num_shards=2, num_output_shards=3,
+                                  shard_index=1, seed=1, show_progress=False)
+
+
+def test_job_flags_and_auto_index(class_folder, tmp_path):
+  def config(*args):
+    return config_flags.parse_args(make_tfrecords.RecordsConfig, [
+        f"--source=folder:{class_folder}", f"--output_dir={tmp_path / 'out'}", *args])
+
+  classic = config("--num_shards=2")
+  assert classic.shard_index is None and classic.num_output_shards == 1
+  job = config("--num_shards=2", "--shard_index=auto", "--seed=3")
+  summary = make_tfrecords.run(job, environ={"SLURM_ARRAY_TASK_ID": "1"})
+  assert summary["shard_index"] == 1 and summary["settings"]["seed"] == 3
+  assert sorted(os.listdir(tmp_path / "out")) == ["train-00001-of-00002.tfrecord",
+                                                  "train_summary-00001-of-00002.json"]
+  with pytest.raises(ValueError, match="out of range"):
+    make_tfrecords.run(job, environ={"SLURM_ARRAY_TASK_ID": "2"})
+  with pytest.raises(ValueError, match="max_examples"):
+    make_tfrecords.run(config("--shard_index=0", "--max_examples=3"))
+  with pytest.raises(ValueError, match="num_output_shards must be >= 1"):
+    config("--num_output_shards=0")
 
 
 def test_command_line(class_folder, tmp_path):
