@@ -67,6 +67,9 @@ _FASHION_MNIST_COUNT = {"train": 60000, "test": 10000}
 # The one list of image-file extensions of class folders (`folder_images`).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm")
+# The ones `tf.io.decode_image` reads inside a tf.data graph (noisy_student.evaluate's
+# --image_folder); make_tfrecords re-encodes the others with PIL.
+TF_DECODABLE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 class CorruptImage(Exception):

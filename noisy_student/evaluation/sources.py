@@ -7,7 +7,6 @@ of range and a truncated file are handled (counted, limited, named) the same way
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Iterator
 
 import numpy as np
@@ -16,8 +15,9 @@ import tensorflow as tf
 from data import fileio
 from data.input import pipeline
 from data.input import preprocessing
+from data.records import sources as records_sources
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = records_sources.TF_DECODABLE_EXTENSIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,19 +43,24 @@ def clean_source(config, label_map=None, crop: bool = True) -> Source:
 
 
 def folder_files(root: str) -> tuple[list[str], list[int], list[str]]:
-  """(image paths, class indices, class names) of a class-folder tree, sorted."""
-  if not tf.io.gfile.isdir(root):
-    raise ValueError(f"no image folder at {root!r}")
-  classes = sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
-                   if tf.io.gfile.isdir(os.path.join(root, d)))
-  files, labels = [], []
-  for i, name in enumerate(classes):
-    for f in sorted(tf.io.gfile.listdir(os.path.join(root, name))):
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not fileio.is_temporary(f):
-        files.append(os.path.join(root, name, f))
-        labels.append(i)
-  if not files:
-    raise ValueError(f"no images under {root!r} (expected {root}/<class>/<image>)")
+  """(image paths, class indices, class names) of a class-folder tree, sorted: the
+  project's one class-folder listing (`data.records.sources.folder_images`).
+
+  Raises:
+    ValueError: no class folders, or an image `tf.io.decode_image` cannot read (named).
+  """
+  try:
+    files, labels, classes = records_sources.folder_images(root)
+  except FileNotFoundError as e:
+    raise ValueError(f"no image folder at {root!r}") from e
+  if classes is None:
+    raise ValueError(f"no class folders under {root!r} (expected {root}/<class>/<image>)")
+  for f in files:
+    if not f.lower().endswith(IMAGE_EXTENSIONS):
+      raise ValueError(f"{f}: evaluation decodes with tf.io.decode_image, which reads only "
+                       f"{', '.join(IMAGE_EXTENSIONS)}; convert the folder with "
+                       "`python -m data.make_tfrecords --source=folder:...` and pass "
+                       "--eval_pattern")
   return files, labels, classes
 
 

@@ -277,3 +277,24 @@ def test_truncated_file_is_named(setup):
   path.write_bytes(path.read_bytes()[:-100])
   with pytest.raises(ValueError, match=f"{path}: truncated record at"):
     run(setup, "truncated_out", "--suite=clean", f"--eval_pattern={pattern}")
+
+
+def test_image_folders_are_listed_by_the_one_class_folder_listing(tmp_path):
+  """evaluate --image_folder lists classes as data.make_tfrecords does (sorted class
+  folders, nested images, hidden files and temporaries skipped) and names an image that
+  tf.io.decode_image cannot read instead of dropping it."""
+  from noisy_student.evaluation import sources
+  for rel in ("b/2.png", "b/deeper/1.jpg", "a/1.png", "a/.tmp-x.png", ".hidden/3.png"):
+    (tmp_path / "imgs" / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "imgs" / rel).write_bytes(b"x")
+  files, labels, classes = sources.folder_files(str(tmp_path / "imgs"))
+  assert classes == ["a", "b"] and labels == [0, 1, 1]
+  assert [f[len(str(tmp_path / "imgs")) + 1:] for f in files] == [
+      "a/1.png", "b/2.png", "b/deeper/1.jpg"]
+  (tmp_path / "imgs" / "b" / "scan.tif").write_bytes(b"x")
+  with pytest.raises(ValueError, match=r"scan\.tif: evaluation decodes with tf.io.decode_image"):
+    sources.folder_files(str(tmp_path / "imgs"))
+  (tmp_path / "flat").mkdir()
+  (tmp_path / "flat" / "1.png").write_bytes(b"x")
+  with pytest.raises(ValueError, match="no class folders"):
+    sources.folder_files(str(tmp_path / "flat"))
