@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 from typing import Callable, Protocol
 
@@ -258,7 +259,7 @@ class Trainer:
     self._train_loop_fn = None
     self._eval_step_fn = None
     self._writers = {}
-    self._input_context = None  # The first input pipeline's (for the image summary).
+    self._first_input = None  # The first input pipeline (for the image summary).
     self._profiling = False
 
   # -- state --------------------------------------------------------------------------
@@ -307,8 +308,8 @@ class Trainer:
     epoch = self.task.initial_epoch(step) if self.config.data_position == "epoch" else 0
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-      self._input_context = self._input_context or ctx
       dataset = self.task.train_dataset(ctx, seed, epoch)
+      self._first_input = self._first_input or dataset
       if step and self.config.data_position == "skip":
         dataset = dataset.skip(step * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
       return dataset
@@ -407,16 +408,21 @@ class Trainer:
   def write_input_images(self) -> None:
     """The first batch of the first replica, as noised as the model sees it, to TensorBoard.
 
-    A second copy of that replica's input pipeline gives the batch (the training
-    iterator's elements are not peeked at); it is built once, for one batch, at the start
-    of a fresh run. Images go to train/ at step 0 as "input/labeled" and
-    "input/unlabeled" (the unlabeled part of a student's batch).
+    A second iterator over the first input pipeline's dataset (the training iterator's
+    elements are not peeked at) reads one batch, once, at the start of a fresh run; the
+    dataset is the training one, so nothing is built or traced again, and `train` runs
+    this in a thread while the first steps trace and compile. Images go to train/ at
+    step 0 as "input/labeled" and "input/unlabeled" (the unlabeled part of a student's
+    batch).
     """
     k = self.config.summary_images
-    if not (k and self.is_chief and self._input_context is not None):
+    if not (k and self.is_chief and self._first_input is not None):
       return
-    with self._naming_broken_files():
-      batch = next(iter(self.task.train_dataset(self._input_context, self.config.seed)))
+    try:
+      batch = next(iter(self._first_input))
+    except tf.errors.OpError as e:  # The training input reports the same error itself.
+      logging.warning("no input image summary: %s", e.message.splitlines()[0])
+      return
     images = tf.cast(tf.clip_by_value(tf.round(batch["image"]), 0, 255), tf.uint8)
     unlabeled = (tf.cast(batch["is_unlabeled"], tf.bool) if "is_unlabeled" in batch
                  else tf.zeros(tf.shape(images)[:1], tf.bool))
@@ -544,8 +550,10 @@ class Trainer:
     fileio.makedirs(c.model_dir)
     step = self._restore_or_initialize()
     self._iterator = self._make_iterator(step)
+    images = threading.Thread(target=self.write_input_images, daemon=True)
     if step == 0:
-      self.write_input_images()
+      self._writer("train")
+      images.start()
     if self._train_loop_fn is None:
       self._train_loop_fn = self._build_train_loop()
     clock = None  # (time, step) after the first loop, which includes tracing.
@@ -576,6 +584,8 @@ class Trainer:
         last_eval = self.evaluate()
       if on_loop_end is not None:
         on_loop_end(step)
+    if images.is_alive():
+      images.join()
     if has_eval:
       last_eval = self._stored_eval(step) or self.evaluate()
     if not self._already_exported(step):

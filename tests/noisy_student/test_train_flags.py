@@ -148,6 +148,10 @@ def test_teacher_then_offline_student(records, tmp_path):
   assert resolved["task"]["loss"]["weighting"] == "official"
   _, model_config = model_io.load_model(str(teacher_dir))
   assert model_config["preprocess_mode"] == "small" and model_config["image_size"] == 16
+  from tests.noisy_student.test_trainer import _image_summaries
+  images = _image_summaries(teacher_dir / "train")  # The first batch, as the model saw it.
+  assert list(images) == ["input/labeled"]
+  assert images["input/labeled"][1] == [b"16", b"16"] and len(images["input/labeled"][2]) == 4
 
   student_dir = tmp_path / "student"
   c, _ = config(records, student_dir, "--train_steps=2", f"--unlabeled_pattern={records}/unl-*",
@@ -156,6 +160,9 @@ def test_teacher_then_offline_student(records, tmp_path):
   assert c.task.unlabeled_batch_size == 8
   assert task_lib.run(c) is None  # no eval split
   assert (student_dir / "model.keras").exists()
+  images = _image_summaries(student_dir / "train")
+  assert sorted(images) == ["input/labeled", "input/unlabeled"]
+  assert [len(images[k][2]) for k in sorted(images)] == [4, 8]
 
 
 @pytest.mark.slow
