@@ -31,6 +31,11 @@ written atomically.
 
 Each suite is a plug-in of noisy_student/evaluation/ (registry.py names them): it computes
 its results dict and, separately, renders the table and plots from it.
+
+--strategy / --tpu as for noisy_student.train and noisy_student.label: the model is
+loaded under the strategy and every model call (and attack step) runs on its replicas,
+each on its share of the batch; the input is read on this host. One replica (the CPU
+default) gives the same numbers as no strategy.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from data import config_flags
 from data.config_flags import setting
 from data.input import pipeline
 from data.robustness import perturbations as perturb
+from noisy_student.common import strategy as strategy_lib
 from noisy_student.evaluation import baselines
 from noisy_student.evaluation import corruptions as corruptions_lib
 from noisy_student.evaluation import model as model_lib
@@ -128,6 +134,12 @@ class EvalConfig:
   pgd_step_size: float = setting(0.0, "PGD step (pixel units); 0: 2.5*eps/steps.")
   pgd_random_start: bool = setting(True, "PGD starts at a random point of the ball.")
   seed: int = setting(0, "Seed of perturbation sequences and PGD starts.")
+  strategy: str = setting(
+      "auto", "tf.distribute strategy, one host: auto (a TPU if one is named or "
+      "reachable, else every local GPU, else the CPU), tpu, mirrored or one_device; "
+      "each replica scores its share of a batch.", choices=strategy_lib.STRATEGIES)
+  tpu: str | None = setting(None, "TPU name or grpc:// address (implies --strategy=tpu "
+                            "under auto); 'local' on a TPU VM.")
 
   def __post_init__(self):
     object.__setattr__(self, "corruptions", _expand_all(self.corruptions, rb.CORRUPTIONS))
@@ -160,17 +172,23 @@ class EvalConfig:
         raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
 
-def evaluate(config: EvalConfig) -> dict:
+def evaluate(config: EvalConfig, strategy: tf.distribute.Strategy | None = None) -> dict:
   """Runs one suite and writes its outputs; returns the results dict.
 
   The suite's plug-in picks its baseline (before the model runs, so a mismatched one
   fails early), computes its numbers, and renders them; the keys every suite shares
   ("suite", "model", "data", "config", "seconds", the skipped records) are added here.
+  The model runs under `strategy` (default: `--strategy` / `--tpu`).
   """
   outputs.check_output_dir(config.output_dir, config.suite)
   start = time.time()
   suite = registry.SUITES[config.suite]
-  ev = model_lib.Evaluator(config)
+  strategy = strategy or strategy_lib.get_strategy(config.strategy, config.tpu)
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    raise ValueError("noisy_student.evaluate runs on one host: a multi-worker strategy "
+                     "(--strategy=multi_worker, or a TF_CONFIG cluster under auto) is "
+                     "not supported; use --strategy=mirrored, tpu or one_device")
+  ev = model_lib.Evaluator(config, strategy)
   baseline = suite.baseline(config, ev.num_classes)
   results = suite.compute(ev, baseline)
   skipped = ev.skipped_total()

@@ -87,6 +87,15 @@ class TrainSettings:
   seed: int = setting(0, "Seed of weights, noise and input order.")
   deterministic: bool = setting(False, "TF op determinism and a fixed input order "
                                 "(bit-reproducible; slower).")
+  summary_images: int = setting(
+      _trainer("summary_images"), "Images of the first training batch, labeled and "
+      "unlabeled, written to TensorBoard (train/, input/*) as noised as the model sees "
+      "them; 0: none.")
+  profile_steps: tuple[int, ...] = setting(
+      _trainer("profile_steps"), "FIRST,LAST (or one step): trace these training steps "
+      "with the TensorFlow profiler (TensorBoard's Profile tab); empty: off.")
+  profile_dir: str = setting(_trainer("profile_dir"), "Where the profile goes; empty: "
+                             "MODEL_DIR/profile.")
 
   # Model.
   model_name: str = setting(_task("model_name"), "efficientnet-b0 .. b8, efficientnet-l2.")

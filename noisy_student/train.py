@@ -124,7 +124,8 @@ def config_from_settings(fv: settings_lib.TrainSettings) -> task_lib.TrainConfig
       moving_average_decay=fv.moving_average_decay, precision=fv.precision,
       data_position=fv.data_position, seed=fv.seed,
       deterministic=fv.deterministic, init_from=fv.init_from,
-      max_eval_batches=fv.max_eval_batches)
+      max_eval_batches=fv.max_eval_batches, summary_images=fv.summary_images,
+      profile_steps=fv.profile_steps, profile_dir=fv.profile_dir)
   return task_lib.TrainConfig(task=task, trainer=trainer, strategy=fv.strategy,
                               tpu=fv.tpu)
 

@@ -7,6 +7,7 @@ Attacks (noisy_student.evaluation.attacks) run in pixel space on the model input
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
 from noisy_student.evaluation import attacks as attack_lib
 from noisy_student.evaluation import baselines
@@ -27,13 +28,39 @@ def eps_key(e) -> str:
   return f"{float(e):g}"
 
 
+def _attack_fn(ev, attack: str):
+  """`(images, labels, epsilon, seed) -> adversarial images`, run on every replica.
+
+  The step of `attacks.make_attack_fn` under the evaluator's strategy: epsilon and seed
+  are shared tensors, so one trace serves every epsilon and batch. With several
+  replicas each attacks its rows (PGD's random start then depends on the split).
+  """
+  c = ev.config
+  if attack not in ("fgsm", "pgd"):
+    raise ValueError(f"unknown attack {attack!r} (fgsm or pgd)")
+  logits_fn = ev._logits  # pylint: disable=protected-access  (differentiated here)
+
+  def replica_fn(images, labels, epsilon, seed):
+    if attack == "fgsm":
+      return attack_lib.fgsm(logits_fn, images, labels, epsilon)
+    size = c.pgd_step_size or epsilon * 2.5 / max(c.pgd_steps, 1)
+    return attack_lib.pgd(logits_fn, images, labels, epsilon, steps=c.pgd_steps,
+                          step_size=size, random_start=c.pgd_random_start, seed=seed)
+  step = ev.replicated(replica_fn)
+
+  def run(images, labels, epsilon: float, seed: tuple[int, int]):
+    if float(epsilon) == 0.0:
+      return tf.convert_to_tensor(images, tf.float32)
+    return step(tf.convert_to_tensor(images, tf.float32), labels,
+                shared=(tf.constant(float(epsilon), tf.float32),
+                        tf.constant(seed, tf.int32)))
+  return run
+
+
 def compute(ev, base: dict | None) -> dict:
   """Top-1 / top-5 per attack and epsilon over the clean set."""
   c = ev.config
-  step_size = c.pgd_step_size or None
-  logits_fn = ev._logits  # pylint: disable=protected-access  (the attack compiles it)
-  fns = {a: attack_lib.make_attack_fn(logits_fn, a, steps=c.pgd_steps, step_size=step_size,
-                                      random_start=c.pgd_random_start) for a in c.attacks}
+  fns = {a: _attack_fn(ev, a) for a in c.attacks}
   meters = {(a, e): rb.AccuracyMeter(ev.num_classes) for a in c.attacks for e in c.epsilons}
   for index, batch in enumerate(ev.batches(sources.clean_source(c))):
     # Padding rows get label 0 only so the loss is defined; they are not counted.

@@ -37,20 +37,26 @@ def baseline(config, num_classes: int) -> dict | None:
 
 
 def _sequence_logits_fn(ev, name: str) -> Callable:
-  """(images [k, h, w, 3], ids [k]) -> logits [k, frames, classes] of their sequences."""
+  """(images [k, h, w, 3], ids [k]) -> logits [k, frames, classes] of their sequences.
+
+  The frames are made outside the strategy (the ids are strings, which a TPU does not
+  take); the model runs on them under it (`ev.logits`).
+  """
   c = ev.config
 
   @tf.function(reduce_retracing=True)
-  def run(images, ids):
+  def frames_of(images, ids):
     def one(args):
       image, image_id = args
       return perturb.perturbation_sequence(
           image, name, num_frames=c.num_frames, seed=perturb.image_seed(image_id, c.seed),
           fill_mode=c.fill_mode)
-    frames = tf.map_fn(one, (images, ids), fn_output_signature=tf.float32)
+    return tf.map_fn(one, (images, ids), fn_output_signature=tf.float32)
+
+  def run(images, ids):
+    frames = frames_of(images, ids)
     shape = tf.shape(frames)
-    frames = tf.reshape(frames, tf.concat([[-1], shape[2:]], 0))
-    logits = ev._logits(frames)  # pylint: disable=protected-access
+    logits = ev.logits(tf.reshape(frames, tf.concat([[-1], shape[2:]], 0)))
     return tf.reshape(logits, [shape[0], shape[1], -1])
   return run
 

@@ -13,6 +13,10 @@ from its last checkpoint, the labeller by skipping finished output files); a sta
 whose key changed (a setting changed, here or upstream) first deletes its outputs and
 runs afresh, and so, through their keys, do the stages downstream of it.
 
+While a stage's shard jobs run, the driver prints a line per finished job and, every
+`heartbeat_seconds`, how many are done and each running job's latest output line (its
+whole output is in `workdir/logs/<stage>.<i>.log`).
+
 The stage jobs die with the driver (Linux parent-death signal), so stopping the driver
 never leaves orphaned training or labelling jobs behind.
 
@@ -71,9 +75,11 @@ def display(command: tuple[str, ...]) -> str:
 class StageRunner:
   """Runs stages once each, recording markers, logs and the commands used."""
 
-  def __init__(self, workdir: str, python: str = sys.executable, env: dict | None = None):
+  def __init__(self, workdir: str, python: str = sys.executable, env: dict | None = None,
+               heartbeat_seconds: float = 60.0):
     self.workdir = workdir
     self.python = python
+    self.heartbeat_seconds = heartbeat_seconds
     # Unbuffered children: their progress lines reach the console as they happen.
     self.env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
     _gfile().makedirs(os.path.join(workdir, MARKER_DIR))
@@ -176,13 +182,42 @@ class StageRunner:
     return True
 
   def _run_many(self, stage: Stage) -> None:
+    """Runs the stage's jobs, `parallel` at a time, reporting their progress."""
+    latest: dict[int, str] = {}  # Job index -> its latest output line, while it runs.
+    start, total, done = time.time(), len(stage.commands), 0
     with futures.ThreadPoolExecutor(max(1, stage.parallel)) as pool:
-      jobs = [pool.submit(self._run_one, stage.name, i, c, False)
-              for i, c in enumerate(stage.commands)]
-      for job in futures.as_completed(jobs):
-        job.result()
+      jobs = {pool.submit(self._run_one, stage.name, i, c, False, latest): i
+              for i, c in enumerate(stage.commands)}
+      pending, beat = set(jobs), start + self.heartbeat_seconds
+      while pending:
+        finished, pending = futures.wait(pending, timeout=max(0.0, beat - time.time()),
+                                         return_when=futures.FIRST_COMPLETED)
+        for job in finished:
+          seconds = job.result()
+          done += 1
+          print(f"[{stage.name}] job {jobs[job]} finished in {_duration(seconds)} "
+                f"({done}/{total} done)", flush=True)
+        if pending and time.time() >= beat:
+          self._heartbeat(stage.name, done, total, time.time() - start, dict(latest))
+          beat = time.time() + self.heartbeat_seconds
 
-  def _run_one(self, name: str, index: int, command: tuple[str, ...], stream: bool) -> None:
+  @staticmethod
+  def _heartbeat(name: str, done: int, total: int, seconds: float,
+                 latest: dict[int, str]) -> None:
+    print(f"[{name}] {done}/{total} jobs done, {len(latest)} running, "
+          f"{_duration(seconds)} so far", flush=True)
+    for index in sorted(latest):
+      line = latest[index]
+      print(f"    job {index}: {line[:117] + '...' if len(line) > 120 else line}",
+            flush=True)
+
+  def _run_one(self, name: str, index: int, command: tuple[str, ...], stream: bool,
+               latest: dict[int, str] | None = None) -> float:
+    """Runs one job, its output to its log (and the console if `stream`); returns its
+    seconds. While it runs, `latest[index]` is its latest output line."""
+    start = time.time()
+    if latest is not None:
+      latest[index] = "(starting)"
     log_path = os.path.join(self.workdir, "logs", f"{name.replace('/', '__')}.{index}.log")
     argv = [self.python, "-m", *self._flagfile_command(name, index, command)]
     with _gfile().GFile(log_path, "w") as log:
@@ -193,15 +228,22 @@ class StageRunner:
       for line in process.stdout:
         log.write(line)
         log.flush()
-        if stream and not _is_noise(line):
+        if _is_noise(line):
+          continue
+        if stream:
           sys.stdout.write(line)
           sys.stdout.flush()
+        if latest is not None and line.strip():
+          latest[index] = line.strip()
       returncode = process.wait()
+      if latest is not None:
+        latest.pop(index, None)
     if returncode != 0:
       with _gfile().GFile(log_path) as log:
         tail = "".join(log.readlines()[-25:])
       raise RuntimeError(f"stage {name} failed (exit {returncode}): {display(command)}\n"
                          f"last lines of {log_path}:\n{tail}")
+    return time.time() - start
 
   def _flagfile_command(self, name: str, index: int, command: tuple[str, ...]):
     """A command whose settings are a dataclass runs from a flagfile written beside the
@@ -227,6 +269,17 @@ class StageRunner:
     if suffix:
       lines.append("wait\n")
     fileio.write_text_atomic(path, existing + "".join(lines))
+
+
+def _duration(seconds: float) -> str:
+  """35s, 3m05s, 2h07m."""
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  minutes, seconds = divmod(seconds, 60)
+  if minutes < 60:
+    return f"{minutes}m{seconds:02d}s"
+  return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _canonical(command: tuple[str, ...], workdir: str) -> list[str]:

@@ -9,7 +9,9 @@ Layout of `model_dir` (written by the chief only):
   config.json            the resolved configuration (train.py also writes flags.txt)
   ckpt/ckpt-<step>.*     checkpoints (model, EMA model, optimizer, step, dropout /
                          stochastic-depth RNG state); the last K are kept
-  train/, eval/          TensorBoard event files
+  train/, eval/          TensorBoard event files (train/ also holds the first batch's
+                         noised input images, "input/labeled" and "input/unlabeled")
+  profile/               a TensorBoard profile of the steps in `profile_steps`, if set
   eval_metrics.json      the latest evaluation (EMA weights): step, top1, top5, ...
   eval_history.json      every evaluation so far, oldest first
   model.keras + model_config.json   the final EMA model (float32), via model_io
@@ -21,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 from typing import Callable, Protocol
 
@@ -72,6 +75,10 @@ class TrainerConfig:
     init_from: warm start (paper Study #8): a model_dir or .keras file (weights matched
       by variable path and shape) or a trainer checkpoint (its EMA weights).
     max_eval_batches: evaluate on at most this many batches (0 = the whole split).
+    summary_images: images of each kind (labeled, unlabeled) of the first training
+      batch written to TensorBoard, as noised as the model sees them (0 = none).
+    profile_steps: (first, last) or (step,): trace these steps with the TensorFlow
+      profiler into `profile_dir` (default model_dir/profile); () = no profile.
   """
   model_dir: str
   train_steps: int
@@ -92,6 +99,9 @@ class TrainerConfig:
   deterministic: bool = False
   init_from: str | None = None
   max_eval_batches: int = 0
+  summary_images: int = 8
+  profile_steps: tuple[int, ...] = ()
+  profile_dir: str = ""
 
   def __post_init__(self):
     if self.train_steps <= 0:
@@ -103,9 +113,18 @@ class TrainerConfig:
     for name in ("steps_per_loop", "checkpoint_every_steps", "keep_checkpoints"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-    for name in ("eval_every_steps", "max_eval_batches"):
+    for name in ("eval_every_steps", "max_eval_batches", "summary_images"):
       if getattr(self, name) < 0:
         raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+    steps = tuple(self.profile_steps)
+    if steps and (len(steps) > 2 or steps[0] < 1 or steps[-1] < steps[0]):
+      raise ValueError("profile_steps must be FIRST,LAST with 1 <= FIRST <= LAST, or one "
+                       f"step, got {','.join(map(str, steps))}")
+
+  @property
+  def profile_window(self) -> tuple[int, int] | None:
+    """(first, last) profiled step, or None."""
+    return (self.profile_steps[0], self.profile_steps[-1]) if self.profile_steps else None
 
 
 class Task(Protocol):
@@ -240,6 +259,8 @@ class Trainer:
     self._train_loop_fn = None
     self._eval_step_fn = None
     self._writers = {}
+    self._first_input = None  # The first input pipeline (for the image summary).
+    self._profiling = False
 
   # -- state --------------------------------------------------------------------------
 
@@ -288,6 +309,7 @@ class Trainer:
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
       dataset = self.task.train_dataset(ctx, seed, epoch)
+      self._first_input = self._first_input or dataset
       if step and self.config.data_position == "skip":
         dataset = dataset.skip(step * (ctx.num_replicas_in_sync // ctx.num_input_pipelines))
       return dataset
@@ -383,6 +405,52 @@ class Trainer:
         tf.summary.scalar(key, value)
     self._writer(name).flush()
 
+  def write_input_images(self) -> None:
+    """The first batch of the first replica, as noised as the model sees it, to TensorBoard.
+
+    A second iterator over the first input pipeline's dataset (the training iterator's
+    elements are not peeked at) reads one batch, once, at the start of a fresh run; the
+    dataset is the training one, so nothing is built or traced again, and `train` runs
+    this in a thread while the first steps trace and compile. Images go to train/ at
+    step 0 as "input/labeled" and "input/unlabeled" (the unlabeled part of a student's
+    batch).
+    """
+    k = self.config.summary_images
+    if not (k and self.is_chief and self._first_input is not None):
+      return
+    try:
+      batch = next(iter(self._first_input))
+    except tf.errors.OpError as e:  # The training input reports the same error itself.
+      logging.warning("no input image summary: %s", e.message.splitlines()[0])
+      return
+    images = tf.cast(tf.clip_by_value(tf.round(batch["image"]), 0, 255), tf.uint8)
+    unlabeled = (tf.cast(batch["is_unlabeled"], tf.bool) if "is_unlabeled" in batch
+                 else tf.zeros(tf.shape(images)[:1], tf.bool))
+    with self._writer("train").as_default(step=0):
+      for tag, rows in (("input/labeled", ~unlabeled), ("input/unlabeled", unlabeled)):
+        if bool(tf.reduce_any(rows)):
+          tf.summary.image(tag, tf.boolean_mask(images, rows)[:k], max_outputs=k)
+    self._writer("train").flush()
+
+  def _profile_dir(self) -> str:
+    return self.config.profile_dir or os.path.join(self.config.model_dir, "profile")
+
+  def _update_profiler(self, step: int) -> None:
+    """Traces steps first..last of `profile_steps`: on before step `first` (the loop
+    boundaries stop at first - 1 and last), off after step `last` or at the end."""
+    window = self.config.profile_window
+    if window is None or not self.is_chief:
+      return
+    first, last = window
+    if not self._profiling and first - 1 <= step < min(last, self.config.train_steps):
+      tf.profiler.experimental.start(self._profile_dir())
+      self._profiling = True
+    elif self._profiling and (step >= last or step >= self.config.train_steps):
+      tf.profiler.experimental.stop()
+      self._profiling = False
+      print(f"profiled steps {first}-{min(last, step)} into {self._profile_dir()}",
+            flush=True)
+
   def evaluate(self) -> dict | None:
     """Top-1 / top-5 / CE on the eval split with the EMA weights; None without one."""
     dataset = self.strategy.distribute_datasets_from_function(self.task.eval_dataset)
@@ -464,6 +532,8 @@ class Trainer:
             (step // c.checkpoint_every_steps + 1) * c.checkpoint_every_steps]
     if c.eval_every_steps:
       ends.append((step // c.eval_every_steps + 1) * c.eval_every_steps)
+    if c.profile_window:
+      ends += [s for s in (c.profile_window[0] - 1, c.profile_window[1]) if s > step]
     return min(ends)
 
   def train(self, on_loop_end: Callable[[int], None] | None = None) -> dict | None:
@@ -480,6 +550,10 @@ class Trainer:
     fileio.makedirs(c.model_dir)
     step = self._restore_or_initialize()
     self._iterator = self._make_iterator(step)
+    images = threading.Thread(target=self.write_input_images, daemon=True)
+    if step == 0:
+      self._writer("train")
+      images.start()
     if self._train_loop_fn is None:
       self._train_loop_fn = self._build_train_loop()
     clock = None  # (time, step) after the first loop, which includes tracing.
@@ -489,6 +563,7 @@ class Trainer:
       # The run was stopped after this step's checkpoint, before its evaluation.
       last_eval = self.evaluate()
     while step < c.train_steps:
+      self._update_profiler(step)
       n = self._next_boundary(step) - step
       t0 = time.time()
       with self._naming_broken_files():
@@ -502,12 +577,15 @@ class Trainer:
       self._progress(step, sums, n, now - t0, per_step)
       if not np.isfinite(sums["loss"]):
         raise FloatingPointError(f"loss is {sums['loss']} at step {step}")
+      self._update_profiler(step)
       if step % c.checkpoint_every_steps == 0 or step == c.train_steps:
         self.save_checkpoint()
       if has_eval and self._is_periodic_eval(step):
         last_eval = self.evaluate()
       if on_loop_end is not None:
         on_loop_end(step)
+    if images.is_alive():
+      images.join()
     if has_eval:
       last_eval = self._stored_eval(step) or self.evaluate()
     if not self._already_exported(step):

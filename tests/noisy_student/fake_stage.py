@@ -1,7 +1,8 @@
 """A stand-in stage for driver tests: appends its argument to a file, or fails.
 
 `fail` exits 3 after writing; `sleep` writes its pid and sleeps (the driver-death test
-kills the driver and checks that this child dies too).
+kills the driver and checks that this child dies too); `slow` prints a progress line,
+then takes 3 seconds.
 """
 import os
 import sys
@@ -15,3 +16,6 @@ if __name__ == "__main__":
     sys.exit(3)
   if word == "sleep":
     time.sleep(120)
+  if word == "slow":
+    print("halfway through the slow job", flush=True)
+    time.sleep(3)

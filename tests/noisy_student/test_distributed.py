@@ -1,7 +1,9 @@
-"""Distribution: MirroredStrategy over 2 logical CPUs vs one device; 2-worker training.
+"""Distribution: MirroredStrategy over 2 logical CPUs vs one device (training and
+evaluation); 2-worker training.
 
 Each case runs in its own process (logical devices must be configured before any op,
-and a multi-worker strategy owns its process), via tests/noisy_student/run_tiny.py.
+and a multi-worker strategy owns its process), via tests/noisy_student/run_tiny.py and
+eval_replicas.py.
 """
 
 import json
@@ -14,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from noisy_student.common import strategy as strategy_lib
+from tests.noisy_student.test_evaluate import setup  # noqa: F401  (fixture)
 
 HERE = os.path.dirname(__file__)
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -99,3 +102,17 @@ def test_auto_strategy_on_this_cpu_machine(monkeypatch):
   assert strategy_lib.write_dir("/m/ckpt", strategy) == "/m/ckpt"
   with pytest.raises(ValueError, match="strategy must be one of"):
     strategy_lib.get_strategy("horovod")
+
+
+def test_evaluation_on_two_replicas_equals_one_device(setup, tmp_path):  # noqa: F811
+  """noisy_student.evaluate under MirroredStrategy over 2 logical CPUs: each replica
+  scores half of every batch (odd batches padded), and the numbers are the one-device
+  ones (accuracy, per-class accuracy, FGSM accuracy, flip probabilities)."""
+  proc = subprocess.run(
+      [sys.executable, os.path.join(HERE, "eval_replicas.py"), setup["model"],
+       setup["data"], str(tmp_path)],
+      capture_output=True, text=True, timeout=900, env=_env(), cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for suite, (one, two) in _result(proc.stdout).items():
+    assert (one.pop("replicas"), two.pop("replicas")) == (1, 2)
+    assert one == two, suite

@@ -29,11 +29,39 @@ def test_runs_once_then_skips(runner, tmp_path):
   assert runner.is_done("a/b")
 
 
-def test_parallel_commands_all_run(runner, tmp_path):
+def test_parallel_commands_all_run(runner, tmp_path, capsys):
   out = str(tmp_path / "out.txt")
   stage = driver.Stage("shards", tuple((FAKE, out, f"s{i}") for i in range(3)), parallel=2)
   runner.run(stage)
   assert sorted(open(out).read().split()) == ["s0", "s1", "s2"]
+  lines = capsys.readouterr().out.splitlines()
+  finished = [l for l in lines if " finished in " in l and "job" in l]
+  # One line per job as it ends, in the order they end, counting up.
+  assert len(finished) == 3
+  assert sorted(l.split()[2] for l in finished) == ["0", "1", "2"]
+  assert [l.split("(")[-1] for l in finished] == ["1/3 done)", "2/3 done)", "3/3 done)"]
+  assert all(l.startswith("[shards] job ") for l in finished)
+
+
+def test_a_multi_job_stage_reports_progress_while_it_runs(tmp_path, capsys):
+  """Every heartbeat: jobs done so far, and each running job's latest output line."""
+  runner = driver.StageRunner(str(tmp_path / "work"), env=dict(os.environ, PYTHONPATH=ROOT),
+                              heartbeat_seconds=1.0)
+  out = str(tmp_path / "out.txt")
+  runner.run(driver.Stage("iter1/label", ((FAKE, out, "quick"), (FAKE, out, "slow")),
+                          parallel=2))
+  lines = capsys.readouterr().out.splitlines()
+  beats = [i for i, l in enumerate(lines) if l.startswith("[iter1/label] 1/2 jobs done, "
+                                                          "1 running, ")]
+  assert beats, lines
+  assert lines[beats[-1] + 1] == "    job 1: halfway through the slow job"
+  assert lines[-2].startswith("[iter1/label] job 1 finished in ")
+  assert lines[-2].endswith("s (2/2 done)")
+
+
+def test_durations_are_short_and_readable():
+  assert [driver._duration(s) for s in (0.4, 35, 185, 7620)] == [
+      "0s", "35s", "3m05s", "2h07m"]
 
 
 def test_failure_leaves_no_marker_and_reruns(runner, tmp_path):

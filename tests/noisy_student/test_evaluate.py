@@ -279,6 +279,53 @@ def test_truncated_file_is_named(setup):
     run(setup, "truncated_out", "--suite=clean", f"--eval_pattern={pattern}")
 
 
+STRATEGY_SUITES = {
+    "clean": ["--per_class"],
+    "adversarial": ["--epsilons=0,16", "--pgd_steps=2"],
+    "perturbations": ["--num_frames=2", "--perturbations=gaussian_noise,rotate",
+                      "--max_examples=6"],
+}
+
+
+def _numbers(r: dict) -> dict:
+  return {k: v for k, v in r.items() if k not in ("seconds", "config")}
+
+
+@pytest.mark.parametrize("suite", list(STRATEGY_SUITES))
+def test_one_replica_strategy_gives_the_same_numbers_as_none(setup, suite):
+  """--strategy=mirrored on this CPU (one replica) against the model run with no
+  strategy at all: the same numbers, to the bit."""
+  import tensorflow as tf
+  args = [f"--suite={suite}", f"--eval_pattern={setup['data']}", "--eval_batch_size=10",
+          *STRATEGY_SUITES[suite]]
+  fv = flags.FlagValues()
+  ev.define_flags(fv)
+  fv(["evaluate", f"--model={setup['model']}",
+      f"--output_dir={setup['root'] / f'no_strategy_{suite}'}", *args])
+  ev.evaluate(ev.config_from_flags(fv), strategy=tf.distribute.get_strategy())
+  plain = json.loads((setup["root"] / f"no_strategy_{suite}" / "results.json").read_text())
+  mirrored = run(setup, f"mirrored_{suite}", *args, "--strategy=mirrored")
+  assert mirrored["config"]["strategy"] == "mirrored"
+  assert _numbers(mirrored) == _numbers(plain)
+
+
+def test_strategy_flags_parse():
+  assert (_parse("--eval_pattern=p").strategy, _parse("--eval_pattern=p").tpu) == (
+      "auto", None)
+  tpu = _parse("--eval_pattern=p", "--strategy=tpu", "--tpu=my-pod")
+  assert (tpu.strategy, tpu.tpu) == ("tpu", "my-pod")
+  with pytest.raises(flags.IllegalFlagValueError):
+    _parse("--eval_pattern=p", "--strategy=horovod")
+
+
+def test_multi_worker_is_refused(setup, monkeypatch):
+  import tensorflow as tf
+  monkeypatch.setattr(ev.strategy_lib, "get_strategy", lambda name, tpu: object.__new__(
+      tf.distribute.MultiWorkerMirroredStrategy))
+  with pytest.raises(ValueError, match="runs on one host"):
+    run(setup, "multi_worker", f"--eval_pattern={setup['data']}", "--strategy=multi_worker")
+
+
 def test_image_folders_are_listed_by_the_one_class_folder_listing(tmp_path):
   """evaluate --image_folder lists classes as data.make_tfrecords does (sorted class
   folders, nested images, hidden files and temporaries skipped) and names an image that

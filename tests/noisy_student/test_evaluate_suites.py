@@ -39,14 +39,15 @@ PLOTS = {"clean": [], "imagenet_a": [], "corruptions": ["accuracy_vs_severity.pn
          "perturbations": ["flip_probability.png"],
          "adversarial": ["accuracy_vs_epsilon.png"]}
 # The flags of EvalConfig; eval_pattern and eval_batch_size were data_pattern and
-# batch_size until the flags were renamed to the names every command uses (docs/flags.md).
+# batch_size until the flags were renamed to the names every command uses (docs/flags.md);
+# strategy and tpu came with distributed evaluation.
 CONFIG_FIELDS = {
     "model", "suite", "output_dir", "eval_pattern", "image_folder", "eval_batch_size",
     "label_offset", "max_examples", "max_bad_records", "preprocess_mode", "per_class",
     "class_subset", "corruption_pattern", "corruption_root", "corruptions", "severities",
     "baseline_results", "normalizer", "alexnet_clean_error", "perturbations", "num_frames",
     "fill_mode", "attacks", "epsilons", "pgd_steps", "pgd_step_size", "pgd_random_start",
-    "seed"}
+    "seed", "strategy", "tpu"}
 
 
 def _args(suite: str, setup, corrupted) -> list[str]:  # pylint: disable=redefined-outer-name

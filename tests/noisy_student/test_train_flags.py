@@ -156,6 +156,10 @@ def test_teacher_then_offline_student(records, tmp_path):
   assert resolved["task"]["loss"]["weighting"] == "official"
   _, model_config = model_io.load_model(str(teacher_dir))
   assert model_config["preprocess_mode"] == "small" and model_config["image_size"] == 16
+  from tests.noisy_student.test_trainer import _image_summaries
+  images = _image_summaries(teacher_dir / "train")  # The first batch, as the model saw it.
+  assert list(images) == ["input/labeled"]
+  assert images["input/labeled"][1] == [b"16", b"16"] and len(images["input/labeled"][2]) == 4
 
   student_dir = tmp_path / "student"
   c, _ = config(records, student_dir, "--train_steps=2", f"--unlabeled_pattern={records}/unl-*",
@@ -164,6 +168,9 @@ def test_teacher_then_offline_student(records, tmp_path):
   assert c.task.unlabeled_batch_size == 8
   assert task_lib.run(c) is None  # no eval split
   assert (student_dir / "model.keras").exists()
+  images = _image_summaries(student_dir / "train")
+  assert sorted(images) == ["input/labeled", "input/unlabeled"]
+  assert [len(images[k][2]) for k in sorted(images)] == [4, 8]
 
 
 @pytest.mark.slow
@@ -239,6 +246,8 @@ def test_every_flag_default_is_its_config_default():
       if not names or field.default is dataclasses.MISSING:
         continue
       flag_default = fv[names[0]].default
+      if isinstance(flag_default, list):  # A list flag (tuple field); only () so far.
+        flag_default = tuple(flag_default)
       if flag_default is None or field.default is None:
         continue  # "Unset": the variant's value, or derived from other flags.
       assert flag_default == field.default, (names[0], cls.__name__)
@@ -292,3 +301,51 @@ def test_truncated_training_file_is_named(tmp_path):
   c, _ = config(data, tmp_path / "run", "--train_steps=12", "--num_labeled_examples=41")
   with pytest.raises(ValueError, match=f"{broken}: truncated record at"):
     task_lib.run(c)  # So does training.
+
+
+def _records_by_file(root, name, num_files, *, pseudo=False):
+  """File j holds 4 records of (pseudo) label j, so a batch tells which files it read."""
+  import numpy as np
+  import tensorflow as tf
+
+  from data.records import schema
+  png = tf.io.encode_png(tf.fill([16, 16, 3], tf.constant(90, tf.uint8))).numpy()
+  for j in range(num_files):
+    with tf.io.TFRecordWriter(str(root / f"{name}-{j:05d}.tfrecord")) as w:
+      for i in range(4):
+        features = schema.image_features(png, f"{name}{j}-{i}",
+                                         schema.UNLABELED if pseudo else j)
+        if pseudo:
+          features.update(schema.pseudo_features(np.eye(4)[j] * 0.7 + 0.075))
+        w.write(schema.make_example(features).SerializeToString())
+
+
+def test_each_input_pipeline_reads_its_own_files(tmp_path):
+  """Pod slices: a host's pipeline (InputContext: 2 pipelines, this one id 1, 4 replicas)
+  reads files 1 and 3 of every pattern and builds per-replica batches: 8 / 4 labeled
+  and 16 / 4 unlabeled training rows, 8 / 4 evaluation rows."""
+  import numpy as np
+  import tensorflow as tf
+  _records_by_file(tmp_path, "lab", 4)
+  _records_by_file(tmp_path, "unl", 4, pseudo=True)
+  c, _ = config(tmp_path, tmp_path / "run", "--train_steps=1", "--train_batch_size=8",
+                f"--unlabeled_pattern={tmp_path}/unl-*", "--unlabeled_ratio=2",
+                f"--eval_pattern={tmp_path}/lab-*", "--shuffle_buffer=4")
+  task = task_lib.ClassificationTask(c.task)
+  seen = {}
+  for pipeline_id in (0, 1):
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
+                                     num_replicas_in_sync=4)
+    labeled, unlabeled = [], []
+    for batch in task.train_dataset(ctx, seed=0).take(8):
+      assert batch["image"].shape == (2 + 4, 16, 16, 3)
+      assert batch["is_unlabeled"].numpy().tolist() == [0, 0, 1, 1, 1, 1]
+      labeled += batch["label"].numpy()[:2].tolist()
+      unlabeled += np.argmax(batch["target"].numpy()[2:], -1).tolist()
+    evaluated = []
+    for batch in task.eval_dataset(ctx):
+      assert batch["image"].shape[0] == 2
+      evaluated += batch["label"].numpy()[batch["mask"].numpy() > 0].tolist()
+    seen[pipeline_id] = (set(labeled), set(unlabeled), sorted(evaluated))
+  assert seen[1] == ({1, 3}, {1, 3}, [1] * 4 + [3] * 4)
+  assert seen[0] == ({0, 2}, {0, 2}, [0] * 4 + [2] * 4)

@@ -194,3 +194,121 @@ def test_resume_keeps_the_evaluation_of_the_resumed_step(tmp_path):
   # A rerun of the finished run adds nothing.
   make_trainer(tmp_path, task=task, eval_every_steps=4).train()
   assert json.loads((tmp_path / "eval_history.json").read_text()) == history
+
+
+def _image_summaries(logdir) -> dict:
+  """{tag: [decoded uint8 images]} of the tf.summary.image events under `logdir`."""
+  found = {}
+  for path in tf.io.gfile.glob(os.path.join(str(logdir), "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "images":
+          # [width, height, PNG, PNG, ...] (TensorBoard's image summary format).
+          strings = tf.make_ndarray(value.tensor)
+          found[value.tag] = (event.step, strings[:2].tolist(),
+                              [tf.io.decode_png(s).numpy() for s in strings[2:]])
+  return found
+
+
+def test_first_noised_batch_is_an_image_summary(tmp_path):
+  """train/ holds the first batch's labeled and unlabeled images, the ones replica 0's
+  input pipeline gave the first step (TinyTask: 8 labeled + 8 unlabeled 8x8 images; an
+  input whose order does not change between passes, as the real pipeline's does not)."""
+  task = TinyTask(TinyConfig(unlabeled_ratio=1.0, shuffle=False, with_eval=False))
+  make_trainer(tmp_path, steps=2, task=task).train()
+  found = _image_summaries(tmp_path / "train")
+  assert set(found) == {"input/labeled", "input/unlabeled"}
+  ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                   num_replicas_in_sync=1)
+  first = next(iter(task.train_dataset(ctx, seed=3)))
+  want = np.clip(np.round(first["image"].numpy()), 0, 255).astype(np.uint8)
+  for tag, rows in (("input/labeled", slice(0, 8)), ("input/unlabeled", slice(8, 16))):
+    step, size, images = found[tag]
+    assert step == 0 and size == [b"8", b"8"] and len(images) == 8
+    np.testing.assert_array_equal(np.stack(images), want[rows])
+
+
+def test_image_summary_is_optional_and_a_teacher_has_no_unlabeled_images(tmp_path):
+  task = TinyTask(TinyConfig(with_eval=False))
+  make_trainer(tmp_path / "teacher", steps=2, task=task, summary_images=3).train()
+  found = _image_summaries(tmp_path / "teacher" / "train")
+  assert list(found) == ["input/labeled"] and len(found["input/labeled"][2]) == 3
+  make_trainer(tmp_path / "off", steps=2, task=task, summary_images=0).train()
+  assert _image_summaries(tmp_path / "off" / "train") == {}
+
+
+def test_profile_steps_trace_exactly_that_window(tmp_path, monkeypatch):
+  """--profile_steps=3,4: the profiler starts after step 2 and stops after step 4 (the
+  host loops of 2 steps end there), and leaves a TensorBoard profile run behind."""
+  calls = []
+  start, stop = tf.profiler.experimental.start, tf.profiler.experimental.stop
+  t = make_trainer(tmp_path, steps=6, profile_steps=(3, 4), summary_images=0,
+                   task=TinyTask(TinyConfig(with_eval=False)))
+  monkeypatch.setattr(tf.profiler.experimental, "start", lambda logdir: (
+      calls.append(("start", int(t.global_step.numpy()), logdir)), start(logdir)))
+  monkeypatch.setattr(tf.profiler.experimental, "stop", lambda: (
+      calls.append(("stop", int(t.global_step.numpy()))), stop()))
+  t.train()
+  assert calls == [("start", 2, str(tmp_path / "profile")), ("stop", 4)]
+  runs = tf.io.gfile.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*"))
+  assert len(runs) == 1 and tf.io.gfile.glob(os.path.join(runs[0], "*.xplane.pb"))
+
+
+@pytest.mark.parametrize("steps, window, boundaries", [
+    ((5, 7), (5, 7), [2, 4, 6, 7, 8]),  # Loops of 2 steps, cut at 4 (= 5 - 1) and 7.
+    ((3,), (3, 3), [2, 3, 5, 7, 8]),    # Cut at 3; then loops of 2 again.
+    ((), None, [2, 4, 6, 8]),
+])
+def test_profile_window_cuts_the_host_loops(tmp_path, steps, window, boundaries):
+  config = trainer_lib.TrainerConfig(model_dir=str(tmp_path), train_steps=8,
+                                     steps_per_loop=2, profile_steps=steps)
+  assert config.profile_window == window
+  t = trainer_lib.Trainer.__new__(trainer_lib.Trainer)
+  t.config = config
+  step, seen = 0, []
+  while step < 8:
+    step = t._next_boundary(step)
+    seen.append(step)
+  assert seen == boundaries
+
+
+@pytest.mark.parametrize("steps", [(0, 3), (5, 4), (1, 2, 3)])
+def test_bad_profile_steps(steps):
+  with pytest.raises(ValueError, match="profile_steps must be FIRST,LAST"):
+    trainer_lib.TrainerConfig(model_dir="x", train_steps=8, profile_steps=steps)
+
+
+class _RecordingTask(TinyTask):
+  def __init__(self, config):
+    super().__init__(config)
+    self.contexts = []
+
+  def train_dataset(self, ctx, seed, initial_epoch=0):
+    self.contexts.append((ctx.num_input_pipelines, ctx.input_pipeline_id,
+                          ctx.num_replicas_in_sync, seed, initial_epoch))
+    return super().train_dataset(ctx, seed, initial_epoch)
+
+
+def test_inputs_come_from_one_function_per_input_pipeline(tmp_path, monkeypatch):
+  """Training and evaluation input go through distribute_datasets_from_function, which
+  calls the task's input function once per host with that host's InputContext (so each
+  host of a pod slice reads its own files: test_train_flags.py pins what it reads)."""
+  task = _RecordingTask(TinyConfig(labeled_batch=8))
+  t = make_trainer(tmp_path, steps=4, task=task, summary_images=0)
+  functions = []
+  monkeypatch.setattr(t.strategy, "distribute_datasets_from_function",
+                      lambda fn, options=None: functions.append(fn) or [])
+  t._make_iterator(0)
+  t.evaluate()
+  train_fn, eval_fn = functions
+  assert eval_fn == task.eval_dataset
+  ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
+                                   num_replicas_in_sync=4)
+  batch = next(iter(train_fn(ctx)))
+  assert task.contexts == [(2, 1, 4, 3, 0)]
+  assert batch["image"].shape[0] == 2  # 8 labeled images / 4 replicas
+  # A run resumed at step 3 ("skip") drops 3 steps of this host's 2 replicas.
+  t._make_iterator(3)
+  first_after_resume = next(iter(functions[-1](ctx)))
+  np.testing.assert_array_equal(first_after_resume["image"],
+                                list(train_fn(ctx).skip(6).take(1))[0]["image"])
