@@ -265,7 +265,8 @@ def _test_stage(c: ExperimentConfig, name: str, model_dir: str,
   """A model's clean test-set evaluation."""
   settings = settings_lib.EvalSettings(
       model=model_dir, suite="clean", output_dir=test_dir(model_dir),
-      eval_pattern=c.data("test"), label_offset=c.label_offset)
+      eval_pattern=c.data("test"), label_offset=c.label_offset, strategy=c.strategy,
+      tpu=c.tpu)
   return driver.Stage(name, (_command("noisy_student.evaluate", settings),),
                       inputs=(train_stage,) + c.data_stage("test"),
                       outputs=(test_dir(model_dir),))

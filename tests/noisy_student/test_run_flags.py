@@ -226,6 +226,8 @@ def test_models_noise_and_ratio_per_iteration():
     assert "--model_name=efficientnet-l2" in line and "--image_size=475" in line
     assert "--eval_image_size=800" in line and f"--unlabeled_ratio={ratio}" in line
     assert "--strategy=tpu --tpu=local" in line
+    assert "--strategy=tpu --tpu=local" in next(
+        l for l in lines if l.startswith(f"iter{i}/student_test "))
   assert not any("/control" in l for l in lines)
   noisy = _plan("--flagfile=flags/run/fashion_mnist_demo.flags", "--workdir=w",
                 "--iterations=3", "--student_randaugment_magnitudes=5,9",
