@@ -1,12 +1,12 @@
 """The driver's whole flow, one iteration, with its workdir on TF's in-memory filesystem.
 
-records -> split -> teacher -> label -> select -> student -> evaluate -> report, planned
-by `iterate.plan` and run by `driver.StageRunner` (markers, flagfiles, commands.sh in the
-workdir), except that each command's `main` runs in this process: `ram://` is
-per-process memory, which the driver's subprocesses would not see. A stand-in for gs://:
-a local-only call (open, os.path.exists, glob, savefig to a path...) either fails on
-these paths or leaves a `ram:` folder in the working directory, which the `ram` fixture
-checks is still empty.
+records (made from class folders of PNGs on ram://) -> split -> teacher -> label ->
+select -> student -> evaluate -> report, planned by `iterate.plan` and run by
+`driver.StageRunner` (markers, flagfiles, commands.sh in the workdir), except that each
+command's `main` runs in this process: `ram://` is per-process memory, which the
+driver's subprocesses would not see. A stand-in for gs://: a local-only call (open,
+os.path.exists, glob, savefig to a path...) either fails on these paths or leaves a
+`ram:` folder in the working directory, which the `ram` fixture checks is still empty.
 """
 import contextlib
 import functools
@@ -20,7 +20,6 @@ from data import cli
 from data import config_flags
 from data import make_tfrecords
 from data import split as split_lib
-from data.records import sources
 from noisy_student import settings as settings_lib
 from noisy_student import summarize
 from noisy_student.experiment import driver
@@ -32,33 +31,23 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 3
 LABELED, DEV = 4, 1  # Per class, the dev images among the labeled ones.
 
 
-class _MemorySource:
-  """A `data.sources` source of tiny class-dependent PNGs held in memory.
-
-  Stands in for `folder:ram://...`: `sources.FolderSource` reads its images with
-  `open()` and normalises `ram://` to `ram:/`, so it cannot read a remote folder yet.
-  """
-
-  def __init__(self, split: str, per_class: int, seed: int):
-    rng = np.random.default_rng(seed)
-    self.split, self.name, self.class_names = split, f"memory:{split}", ["a", "b", "c"]
-    self._images = [
-        (np.clip(rng.normal(40 + 80 * c, 20, [SIZE, SIZE, 3]), 0, 255).astype(np.uint8), c)
-        for c in range(C) for _ in range(per_class)]
-
-  def items(self):
-    return [sources.Item(f"{self.split}/{i:03d}", c, f"{i:03d}.png", i)
-            for i, (_, c) in enumerate(self._images)]
-
-  def load(self, item):
-    return sources.Encoded(sources.encode_png(self._images[item.ref][0]), "png", SIZE, SIZE)
+def _write_class_folders(root: str, per_class: int, seed: int) -> None:
+  """`root/<class>/<i>.png`: tiny class-dependent PNGs, written through tf.io.gfile."""
+  rng = np.random.default_rng(seed)
+  for c, name in enumerate(("a", "b", "c")):
+    tf.io.gfile.makedirs(f"{root}/{name}")
+    for i in range(per_class):
+      image = np.clip(rng.normal(40 + 80 * c, 20, [SIZE, SIZE, 3]), 0, 255)
+      with tf.io.gfile.GFile(f"{root}/{name}/{i:03d}.png", "wb") as f:
+        f.write(tf.io.encode_png(image.astype(np.uint8)).numpy())
 
 
 # How each stage command defines its flags (on absl's global FLAGS, as its __main__ does).
 _DEFINE = {module: functools.partial(config_flags.define, cls)
            for module, cls in settings_lib.COMMANDS.items()}
 _DEFINE["data.split"] = functools.partial(config_flags.define, split_lib.SplitSettings)
-_DEFINE["data.make_tfrecords"] = lambda fv: make_tfrecords.define_flags()
+_DEFINE["data.make_tfrecords"] = functools.partial(config_flags.define,
+                                                  make_tfrecords.RecordsConfig)
 
 
 @contextlib.contextmanager
@@ -90,7 +79,8 @@ def _run_in_process(runner, name, index, command, stream):
 def _config(root: str) -> iterate.ExperimentConfig:
   tiny = iterate.ModelSpec(width=0.1, depth=0.1)
   return iterate.ExperimentConfig(
-      workdir=root, train_source="memory:train", test_source="memory:test",
+      workdir=root, train_source=f"folder:{root}/images/train",
+      test_source=f"folder:{root}/images/test",
       train_source_images=C * TRAIN_PER_CLASS, num_classes=C, image_size=SIZE,
       record_shards=2, labeled_per_class=LABELED, dev_per_class=DEV, iterations=1,
       teacher=tiny, students=(tiny,),
@@ -109,9 +99,8 @@ def _count(pattern: str) -> int:
 
 def test_the_whole_flow_on_a_remote_filesystem(ram, monkeypatch):
   c = _config(ram)
-  memory = {"memory:train": (TRAIN_PER_CLASS, 0), "memory:test": (TEST_PER_CLASS, 1)}
-  monkeypatch.setattr(sources, "make_source", lambda spec, **_: _MemorySource(
-      spec.partition(":")[2], *memory[spec]))
+  _write_class_folders(f"{ram}/images/train", TRAIN_PER_CLASS, seed=0)
+  _write_class_folders(f"{ram}/images/test", TEST_PER_CLASS, seed=1)
   monkeypatch.setattr(driver.StageRunner, "_run_one", _run_in_process)
   stages = iterate.plan(c)
   assert [s.name for s in stages] == [
