@@ -51,7 +51,7 @@ def test_flagfile_parses_with_the_trainer_flags(path, monkeypatch):
     head = f.read().split("\n--", 1)[0]
   assert head.startswith("#"), "a flagfile starts with a comment"
   if not path.endswith("_common.flags"):
-    assert "python -m noisy_student.train --flagfile=flags/" + os.path.basename(path) in head
+    assert "python -m noisy_student.train --flagfile=" + os.path.relpath(path, REPO) in head
     assert "Expect" in head
 
 
