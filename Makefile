@@ -79,12 +79,13 @@ ROBUST_N ?= 1000
 robustness: $(STAMP)
 	set -e; W=$(WORKDIR); R=$$W/robustness; \
 	I=$$(ls -d $$W/iter*/student | sort -V | tail -1 | xargs dirname); \
-	test -d $$I/control || { echo "no $$I/control: run the driver with --train_controls"; exit 2; }; \
+	C=$$($(PY) -c "from noisy_student.experiment import report; print(report.last_control_dir('$$W') or '')" 2>/dev/null); \
+	test -n "$$C" || { echo "no report.json with a control in $$W: run the driver (with --train_controls) to the end"; exit 2; }; \
 	test -d $$W/data/fmnist-c || $(PY) -m data.make_corrupted \
 	    --input_pattern="$$W/data/records/test-*" --output_dir=$$W/data/fmnist-c \
 	    --max_examples=$(ROBUST_N); \
 	for who in teacher control student; do \
-	  case $$who in teacher) m=$$W/iter0/teacher; b=;; control) m=$$I/control; b=teacher;; \
+	  case $$who in teacher) m=$$W/iter0/teacher; b=;; control) m=$$C; b=teacher;; \
 	    student) m=$$I/student; b=control;; esac; \
 	  for suite in clean corruptions perturbations adversarial; do \
 	    base=; \
@@ -96,5 +97,5 @@ robustness: $(STAMP)
 	      --corruption_pattern="$$W/data/fmnist-c/{corruption}/{severity}/*.tfrecord" $$base; \
 	  done; \
 	done; \
-	echo "student: $$I/student, normalised by its control $$I/control"; \
+	echo "student: $$I/student, normalised by its control $$C"; \
 	cat $$R/student/*/results.md

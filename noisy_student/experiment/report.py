@@ -63,6 +63,24 @@ def _pseudo_label_accuracy(files: list[str]) -> float | None:
   return right / total if total else None
 
 
+def last_control_dir(workdir: str) -> str | None:
+  """The control of the workdir's last student, from its report.json.
+
+  Reports written before `control_dir` was recorded came from runs whose controls were
+  the last iteration's own or, for same-model students from scratch, iteration 1's.
+  """
+  path = os.path.join(workdir, "report.json")
+  if not tf.io.gfile.exists(path):
+    return None
+  last = fileio.read_json(path)["iterations"][-1]
+  candidates = ([last["control_dir"]] if "control_dir" in last else
+                [f"iter{last['iteration']}/control", "iter1/control"])
+  for candidate in candidates:
+    if tf.io.gfile.isdir(os.path.join(workdir, candidate)):
+      return os.path.join(workdir, candidate)
+  return None
+
+
 def collect(c: iterate.ExperimentConfig) -> dict:
   baseline = test_accuracy(c.model_dir(0))
   iterations = []
@@ -76,6 +94,8 @@ def collect(c: iterate.ExperimentConfig) -> dict:
     item["student_dev_accuracy"] = dev_accuracy(c.model_dir(i))
     if c.train_controls:
       item["control_accuracy"] = test_accuracy(c.control_dir(i))
+      # Shared by the iterations whose student has the same model and noise.
+      item["control_dir"] = f"iter{c.control_iteration(i)}/control"
       item["control_dev_accuracy"] = dev_accuracy(c.control_dir(i))
     item.update(pseudo_label_stats(c.path(f"iter{i}")))
     iterations.append(item)

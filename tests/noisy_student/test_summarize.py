@@ -117,3 +117,23 @@ def test_bound_from_a_separate_all_labels_run(tmp_path):
   assert lines[3].endswith("| 92.00% | 0.42 |")  # (85 - 80) / (92 - 80)
   with pytest.raises(FileNotFoundError, match="seed0"):
     summarize.load(rows[0], str(tmp_path / "nowhere"))
+
+
+def test_the_last_students_control_is_found_from_the_report(tmp_path):
+  """`make robustness` compares the last student with its control, which iteration 2
+  shares with iteration 1 when both students are the same model, from scratch."""
+  import json
+
+  from noisy_student.experiment import report
+  w = tmp_path / "w"
+  (w / "iter1" / "control").mkdir(parents=True)
+  assert report.last_control_dir(str(w)) is None  # no report yet
+  items = [{"iteration": 1, "control_dir": "iter1/control"},
+           {"iteration": 2, "control_dir": "iter1/control"}]
+  (w / "report.json").write_text(json.dumps({"iterations": items}))
+  assert report.last_control_dir(str(w)) == str(w / "iter1" / "control")
+  # Reports from before control_dir: the last iteration's own control, else iteration 1's.
+  (w / "report.json").write_text(json.dumps({"iterations": [{"iteration": 2}]}))
+  assert report.last_control_dir(str(w)) == str(w / "iter1" / "control")
+  (w / "iter2" / "control").mkdir(parents=True)
+  assert report.last_control_dir(str(w)) == str(w / "iter2" / "control")
