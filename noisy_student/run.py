@@ -39,17 +39,14 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS
 
 def config_from_settings(s: settings_lib.ExperimentSettings) -> iterate.ExperimentConfig:
   from_records = _check_data_flags(s)
-  widths, depths = list(s.student_widths), list(s.student_depths)
-  depths += depths[-1:] * (len(widths) - len(depths))
-  widths += widths[-1:] * (len(depths) - len(widths))
-  names = list(s.student_model_names) or [s.model_name]
-  iterations = max(len(widths), len(names), len(s.student_image_sizes),
-                   len(s.student_eval_image_sizes))
-  each = lambda values, i, default: values[min(i, len(values) - 1)] if values else default
+  each = iterate.per_iteration  # values[i - 1], the last one repeating; default if none
+  model_lists = (s.student_widths, s.student_depths, s.student_model_names,
+                 s.student_image_sizes, s.student_eval_image_sizes)
   students = tuple(iterate.ModelSpec(
-      each(names, i, s.model_name), _override(each(widths, i, None)),
-      _override(each(depths, i, None)), each(s.student_image_sizes, i, None),
-      each(s.student_eval_image_sizes, i, 0)) for i in range(iterations))
+      each(s.student_model_names, i, s.model_name),
+      _override(each(s.student_widths, i)), _override(each(s.student_depths, i)),
+      each(s.student_image_sizes, i), each(s.student_eval_image_sizes, i, 0))
+      for i in range(1, max(map(len, model_lists)) + 1))
   noise = iterate.NoiseSpec("randaugment", s.randaugment_magnitude, s.randaugment_layers,
                             s.dropout_rate, s.stochastic_depth_rate)
   noise_lists = (s.student_randaugment_magnitudes, s.student_dropout_rates,
@@ -58,7 +55,7 @@ def config_from_settings(s: settings_lib.ExperimentSettings) -> iterate.Experime
       noise, randaugment_magnitude=each(noise_lists[0], i, noise.randaugment_magnitude),
       dropout_rate=each(noise_lists[1], i, noise.dropout_rate),
       stochastic_depth_rate=each(noise_lists[2], i, noise.stochastic_depth_rate))
-      for i in range(max(map(len, noise_lists))))
+      for i in range(1, max(map(len, noise_lists)) + 1))
   num_classes = s.num_classes or data_classes(s)
   source_images = 0 if from_records else (
       s.train_source_images or _fashion_mnist_images(s))

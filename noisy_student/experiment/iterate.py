@@ -129,16 +129,16 @@ class ExperimentConfig:
     return os.path.join(self.workdir, *parts)
 
   def student(self, iteration: int) -> ModelSpec:
-    return _per_iteration(self.students, iteration)
+    return per_iteration(self.students, iteration)
 
   def student_noise_spec(self, iteration: int) -> NoiseSpec:
     """The student's noise in `iteration` (none with student_noise off)."""
     if not self.student_noise:
       return NO_NOISE
-    return _per_iteration(self.student_noises, iteration, self.noise)
+    return per_iteration(self.student_noises, iteration, self.noise)
 
   def student_unlabeled_ratio(self, iteration: int) -> float:
-    return _per_iteration(self.student_unlabeled_ratios, iteration, self.unlabeled_ratio)
+    return per_iteration(self.student_unlabeled_ratios, iteration, self.unlabeled_ratio)
 
   @property
   def from_records(self) -> bool:
@@ -179,7 +179,7 @@ class ExperimentConfig:
     return self.path(f"iter{self.control_iteration(iteration)}", "control")
 
 
-def _per_iteration(values: tuple, iteration: int, default=None):
+def per_iteration(values: tuple, iteration: int, default=None):
   """values[iteration - 1], the last value for later iterations, `default` if empty."""
   if not values:
     return default
