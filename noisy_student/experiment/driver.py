@@ -7,8 +7,8 @@ marker `workdir/.stages/<name>.json` holding the stage's key: a hash of its sett
 and of the keys of the stages it reads from. A command whose settings are a dataclass
 (noisy_student/settings.py) is keyed on the settings it parses to, not on its spelling,
 and runs from a flagfile the driver writes (`workdir/flags/`); a marker written under
-older flag names is recognised by parsing its recorded commands again. Rerunning the driver skips a stage whose
-marker holds the same key. An unfinished stage with the same key resumes (the trainer
+older flag names is recognised by parsing its recorded commands again. Rerunning the
+driver skips a stage whose marker holds the same key. An unfinished stage with the same key resumes (the trainer
 from its last checkpoint, the labeller by skipping finished output files); a stage
 whose key changed (a setting changed, here or upstream) first deletes its outputs and
 runs afresh, and so, through their keys, do the stages downstream of it.
@@ -119,8 +119,9 @@ class StageRunner:
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-  def _same_settings_as_recorded(self, stage: Stage, key: str) -> bool:
-    """Whether the stage's finished run had these settings, spelled otherwise.
+  def _same_settings_as_recorded(self, stage: Stage, key: str) -> str | None:
+    """The workdir the stage's finished run recorded its commands in, if that run had
+    these settings, spelled otherwise; else None.
 
     A marker from before a flag was renamed, or from a driver that wrote its flags in
     another order, holds another key for the same settings: its recorded commands are
@@ -129,13 +130,14 @@ class StageRunner:
     """
     marker = self.marker(stage.name)
     if not marker.get("commands") or any(n in self.ran for n in stage.inputs):
-      return False
+      return None
     recorded = tuple(tuple(shlex.split(c)[2:]) for c in marker["commands"])
     workdir = marker.get("workdir") or _recorded_workdir(stage, recorded, self.workdir)
     try:
-      return workdir is not None and self._key(stage, recorded, workdir) == key
+      same = workdir is not None and self._key(stage, recorded, workdir) == key
     except Exception:  # A recorded flag that no longer parses: the settings differ.
-      return False
+      return None
+    return workdir if same else None
 
   def run(self, stage: Stage) -> bool:
     """Runs `stage` unless it finished with the same key. Returns True if it ran now."""
@@ -144,10 +146,13 @@ class StageRunner:
     if self._marker_key(stage.name) == key:
       print(f"[{stage.name}] done already, skipping", flush=True)
       return False
-    if self._same_settings_as_recorded(stage, key):
+    recorded_in = self._same_settings_as_recorded(stage, key)
+    if recorded_in:
+      # The marker keeps its commands, so it keeps the workdir they were written in: a
+      # later driver (a copied workdir, another new default) must parse them there again.
       marker = self.marker(stage.name)
       fileio.write_json_atomic(self.marker_path(stage.name), dict(
-          marker, key=key, workdir=self.workdir, rekeyed_from=marker["key"]))
+          marker, key=key, workdir=recorded_in, rekeyed_from=marker["key"]))
       print(f"[{stage.name}] done already (same settings, spelled as before), skipping",
             flush=True)
       return False

@@ -209,12 +209,18 @@ def test_a_marker_of_the_same_settings_spelled_otherwise_counts_as_done(
                        outputs=(f"{w}/iter1/selected",))
   _old_marker(runner, stage.name, [("noisy_student.select",) + recorded])
   key = runner.keys[stage.name] = runner.key(stage)
-  assert runner._same_settings_as_recorded(stage, key) == same
+  assert bool(runner._same_settings_as_recorded(stage, key)) == same
   if same:
     assert not runner.run(stage)  # Skipped: nothing runs.
     marker = runner.marker(stage.name)
     assert (marker["key"], marker["rekeyed_from"]) == (key, "0123456789abcdef")
     assert runner.is_done(stage.name)
+    # The rekeyed marker still holds the old commands, with the workdir they name, so a
+    # later change of key (another new default) parses them again correctly.
+    assert marker["workdir"] == "runs/old"
+    from data import fileio
+    fileio.write_json_atomic(runner.marker_path(stage.name), dict(marker, key="fedcba9876543210"))
+    assert runner._same_settings_as_recorded(stage, key) == "runs/old"
 
 
 def _old_evaluate(w: str, pattern: str = "test-*") -> tuple[str, ...]:
@@ -236,7 +242,7 @@ def test_an_evaluate_marker_with_the_old_flag_names_counts_as_done(tmp_path, pat
   spelled_as_before = dataclasses.replace(stage, commands=(_old_evaluate(runner.workdir),))
   assert runner.key(spelled_as_before) == key
   _old_marker(runner, stage.name, [_old_evaluate("runs/old", pattern)])
-  assert runner._same_settings_as_recorded(stage, key) == same
+  assert bool(runner._same_settings_as_recorded(stage, key)) == same
   if same:
     assert not runner.run(stage)  # Skipped: nothing runs.
     assert runner.marker(stage.name)["key"] == key and runner.is_done(stage.name)
