@@ -8,10 +8,11 @@ and of the keys of the stages it reads from. A command whose settings are a data
 (noisy_student/settings.py) is keyed on the settings it parses to, not on its spelling,
 and runs from a flagfile the driver writes (`workdir/flags/`); a marker written under
 older flag names is recognised by parsing its recorded commands again. Rerunning the
-driver skips a stage whose marker holds the same key. An unfinished stage with the same key resumes (the trainer
-from its last checkpoint, the labeller by skipping finished output files); a stage
-whose key changed (a setting changed, here or upstream) first deletes its outputs and
-runs afresh, and so, through their keys, do the stages downstream of it.
+driver skips a stage whose marker holds the same key. An unfinished stage with the same
+key resumes (the trainer from its last checkpoint, the labeller by skipping finished
+output files); a stage whose key changed (a setting changed, here or upstream) first
+deletes its outputs and runs afresh, and so, through their keys, do the stages
+downstream of it.
 
 While a stage's shard jobs run, the driver prints a line per finished job and, every
 `heartbeat_seconds`, how many are done and each running job's latest output line (its
