@@ -52,9 +52,11 @@ fashion-mnist:
 # The README's results: each seed of flags/run/$(EXPERIMENT).flags whose report is not yet
 # under results/ (hours per seed on 2 cores; resumable: rerun to continue), then the
 # table over the seeds. An ablation's workdir starts as a copy of the headline's of the
-# same seed, so it reruns only the stages its change reaches.
+# same seed, so it reruns only the stages its change reaches; its table adds each seed's
+# margin over the run it ablates, $(VERSUS).
 EXPERIMENT ?= fashion_mnist
 SEEDS ?= 0 1 2
+VERSUS ?= $(if $(findstring _ablation_,$(EXPERIMENT)),results/fashion_mnist_2iter)
 results: $(STAMP)
 	set -e; for s in $(SEEDS); do \
 	  r=results/$(EXPERIMENT)/seed$$s; w=runs/$(EXPERIMENT)_s$$s; \
@@ -63,7 +65,8 @@ results: $(STAMP)
 	  $(PY) -m noisy_student.run --flagfile=flags/run/$(EXPERIMENT).flags --workdir=$$w \
 	    --seed=$$s --results_dir=$$r; \
 	done
-	$(PY) -m noisy_student.summarize $(foreach s,$(SEEDS),results/$(EXPERIMENT)/seed$(s))
+	$(PY) -m noisy_student.summarize $(foreach s,$(SEEDS),results/$(EXPERIMENT)/seed$(s)) \
+	  $(if $(VERSUS),--versus=$(VERSUS))
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

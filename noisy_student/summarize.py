@@ -2,14 +2,17 @@ r"""One table from the `report.json` of several driver workdirs (seeds, ablation
 
   python -m noisy_student.summarize runs/fmnist_s0 runs/fmnist_s1 runs/fmnist_s2
   python -m noisy_student.summarize runs/demo runs/ablation_* --nomean
+  python -m noisy_student.summarize results/fashion_mnist_ablation_hard_labels/seed* \
+      --versus=results/fashion_mnist_2iter
 
 Prints a markdown table with a row per workdir: the labels-only baseline, each
 iteration's student, its gain over its own teacher, its compute-matched control (the
 same training on the labeled images alone) and the student's margin over that control,
-the all-labels bound and the
-fraction of the baseline-to-bound gap the last student recovered; then (unless
---nomean) the mean and sample standard deviation over the rows. Accuracies are
-test-set top-1 in percent, read from the files the driver wrote, never typed in.
+the all-labels bound and the fraction of the baseline-to-bound gap the last student
+recovered; with --versus, the last student's margin over the last student of the same
+seed in the run it ablates; then (unless --nomean) the mean and sample standard
+deviation over the rows. Accuracies are test-set top-1 in percent, read from the files
+the driver wrote, never typed in.
 """
 
 from __future__ import annotations
@@ -33,18 +36,31 @@ flags.DEFINE_string("output", None, "Also write the table to this file (atomical
 flags.DEFINE_string("all_labels_dir", None,
                     "Results of a separate all-labels run, as <dir>/seed<N>/report.json: "
                     "each row takes the bound of its own seed from there.")
+flags.DEFINE_string("versus", None,
+                    "Results of the run these rows ablate, as <dir>/seed<N>/report.json: "
+                    "adds the column 'vs <dir's name>', each row's last student minus "
+                    "that run's last student of the same seed (points).")
 FLAGS = flags.FLAGS
 
 
-def load(workdir: str, all_labels_dir: str | None = None) -> dict:
-  """A driver report; with `all_labels_dir`, its seed's all-labels bound added."""
+def load(workdir: str, all_labels_dir: str | None = None,
+         versus: str | None = None) -> dict:
+  """A driver report; with `all_labels_dir`, its seed's all-labels bound added; with
+  `versus`, the last student of its seed in that run, as `versus_accuracy` (and
+  `versus_dev_accuracy`)."""
   report = _read(workdir)
+  seed = report.get("seed", 0)
   if all_labels_dir:
-    bound = _read(os.path.join(all_labels_dir, f"seed{report.get('seed', 0)}"))
+    bound = _read(os.path.join(all_labels_dir, f"seed{seed}"))
     if bound.get("all_labels_accuracy") is None:
-      raise ValueError(f"{all_labels_dir}: seed {report.get('seed', 0)} has no "
-                       "all_labels_accuracy")
+      raise ValueError(f"{all_labels_dir}: seed {seed} has no all_labels_accuracy")
     report["all_labels_accuracy"] = bound["all_labels_accuracy"]
+  if versus:
+    other = _read(os.path.join(versus, f"seed{seed}"))
+    if not other["iterations"]:
+      raise ValueError(f"{versus}: seed {seed} has no student")
+    for split in ("test", "dev"):
+      report[_key("versus", split)] = _accuracy(other["iterations"][-1], "student", split)
   return report
 
 
@@ -59,9 +75,13 @@ def _read(workdir: str) -> dict:
   return report
 
 
+def _key(model: str, split: str) -> str:
+  return f"{model}_accuracy" if split == "test" else f"{model}_dev_accuracy"
+
+
 def _accuracy(item: dict, model: str, split: str = "test") -> float | None:
   """`item[model + "_accuracy"]`, or its dev-split twin."""
-  return item.get(f"{model}_accuracy" if split == "test" else f"{model}_dev_accuracy")
+  return item.get(_key(model, split))
 
 
 def gap_recovered(report: dict) -> float | None:
@@ -73,11 +93,12 @@ def gap_recovered(report: dict) -> float | None:
   return (last - base) / (bound - base)
 
 
-def row(report: dict, split: str = "test") -> dict[str, float | None]:
+def row(report: dict, split: str = "test",
+        versus_name: str = "versus") -> dict[str, float | None]:
   """Column name -> value (percent, or a fraction for the gap)."""
   pct = lambda x: None if x is None else 100 * x
   teacher = _accuracy(report, "baseline", split)
-  values = {"baseline": pct(teacher)}
+  values, student = {"baseline": pct(teacher)}, None
   for it in report["iterations"]:
     i, student = it["iteration"], _accuracy(it, "student", split)
     values[f"iteration {i}"] = pct(student)
@@ -91,6 +112,10 @@ def row(report: dict, split: str = "test") -> dict[str, float | None]:
   if "all_labels_accuracy" in report and split == "test":
     values["all labels"] = pct(report["all_labels_accuracy"])
     values["gap recovered"] = gap_recovered(report)
+  if _key("versus", split) in report:
+    other = report[_key("versus", split)]
+    values[f"vs {versus_name}"] = (None if None in (student, other)
+                                   else 100 * (student - other))
   return values
 
 
@@ -103,7 +128,7 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
 def _cell(column: str, x: float | None) -> str:
   if x is None:
     return "-"
-  if column.startswith(("gain", "vs control")):
+  if column.startswith(("gain", "vs ")):
     return f"{x:+.2f}"
   if column == "gap recovered":
     return f"{x:.2f}"
@@ -111,8 +136,9 @@ def _cell(column: str, x: float | None) -> str:
 
 
 def table(workdirs: list[str], mean: bool = True, split: str = "test",
-          all_labels_dir: str | None = None) -> str:
-  rows = [(w, row(load(w, all_labels_dir), split)) for w in workdirs]
+          all_labels_dir: str | None = None, versus: str | None = None) -> str:
+  name = os.path.basename(os.path.normpath(versus)) if versus else "versus"
+  rows = [(w, row(load(w, all_labels_dir, versus), split, name)) for w in workdirs]
   columns = []
   for _, values in rows:
     columns += [c for c in values if c not in columns]
@@ -137,7 +163,7 @@ def main(argv):
   workdirs = argv[1:]
   if not workdirs:
     raise app.UsageError("give one or more driver workdirs")
-  text = table(workdirs, FLAGS.mean, FLAGS.split, FLAGS.all_labels_dir)
+  text = table(workdirs, FLAGS.mean, FLAGS.split, FLAGS.all_labels_dir, FLAGS.versus)
   sys.stdout.write(text)
   if FLAGS.output:
     fileio.write_text_atomic(FLAGS.output, text)

@@ -119,6 +119,29 @@ def test_bound_from_a_separate_all_labels_run(tmp_path):
     summarize.load(rows[0], str(tmp_path / "nowhere"))
 
 
+def test_an_ablation_versus_the_run_it_ablates(tmp_path):
+  """--versus: each row's last student minus the ablated run's last student, same seed."""
+  rows = []
+  for seed, (ours, theirs) in enumerate(((0.84, 0.85), (0.86, 0.83))):
+    for run, last in (("ablation", ours), ("winner", theirs)):
+      d = tmp_path / run / f"seed{seed}"
+      d.mkdir(parents=True)
+      (d / "report.json").write_text(json.dumps({"seed": seed, "baseline_accuracy": 0.80,
+          "iterations": [{"iteration": 1, "student_accuracy": 0.82},
+                         {"iteration": 2, "student_accuracy": last,
+                          "student_dev_accuracy": last - 0.01}]}))
+    rows.append(str(tmp_path / "ablation" / f"seed{seed}"))
+  lines = summarize.table(rows, versus=str(tmp_path / "winner")).splitlines()
+  assert lines[0].endswith("| iteration 2 | gain 2 | vs winner |")
+  assert lines[2].endswith("| 84.00% | +2.00 | -1.00 |")
+  assert lines[3].endswith("| 86.00% | +4.00 | +3.00 |")
+  assert lines[4].endswith("| +1.00 ± 2.83 |")  # sample sd of (-1, 3)
+  dev = summarize.table(rows, split="dev", versus=str(tmp_path / "winner")).splitlines()
+  assert dev[2].endswith("| 83.00% | - | -1.00 |")
+  with pytest.raises(FileNotFoundError, match="seed0"):
+    summarize.table(rows, versus=str(tmp_path / "nowhere"))
+
+
 def test_the_last_students_control_is_found_from_the_report(tmp_path):
   """`make robustness` compares the last student with its control, which iteration 2
   shares with iteration 1 when both students are the same model, from scratch."""
