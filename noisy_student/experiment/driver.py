@@ -133,12 +133,15 @@ class StageRunner:
     if not marker.get("commands") or any(n in self.ran for n in stage.inputs):
       return None
     recorded = tuple(tuple(shlex.split(c)[2:]) for c in marker["commands"])
-    workdir = marker.get("workdir") or _recorded_workdir(stage, recorded, self.workdir)
-    try:
-      same = workdir is not None and self._key(stage, recorded, workdir) == key
-    except Exception:  # A recorded flag that no longer parses: the settings differ.
-      return None
-    return workdir if same else None
+    # The marker's workdir, else (no workdir, or one that drivers before 6a87fb9 wrote on
+    # rekeying: today's, not the commands') where its commands put the stage's outputs.
+    for workdir in (marker.get("workdir"), _recorded_workdir(stage, recorded, self.workdir)):
+      try:
+        if workdir is not None and self._key(stage, recorded, workdir) == key:
+          return workdir
+      except Exception:  # A recorded flag that no longer parses: the settings differ.
+        return None
+    return None
 
   def run(self, stage: Stage) -> bool:
     """Runs `stage` unless it finished with the same key. Returns True if it ran now."""

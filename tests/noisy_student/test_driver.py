@@ -221,6 +221,10 @@ def test_a_marker_of_the_same_settings_spelled_otherwise_counts_as_done(
     from data import fileio
     fileio.write_json_atomic(runner.marker_path(stage.name), dict(marker, key="fedcba9876543210"))
     assert runner._same_settings_as_recorded(stage, key) == "runs/old"
+    # A marker that an older driver rekeyed with today's workdir beside the old commands:
+    # the commands' own workdir is found from where they put the stage's outputs.
+    fileio.write_json_atomic(runner.marker_path(stage.name), dict(marker, workdir=w))
+    assert runner._same_settings_as_recorded(stage, key) == "runs/old"
 
 
 def _old_evaluate(w: str, pattern: str = "test-*") -> tuple[str, ...]:
