@@ -158,6 +158,8 @@ def main(argv):
       # The code each stage ran with (a resumed experiment may span several commits).
       "stage_commits": sorted({m.get("git_commit") or "unrecorded" for m in markers}),
       "stage_seconds": round(sum(m.get("seconds", 0) for m in markers), 1),
+      # Each stage's own time, as its marker recorded it (None: from before markers did).
+      "stage_times": {s.name: m.get("seconds") for s, m in zip(stages, markers)},
   }
   report.write(config, provenance, flags.FLAGS.results_dir)
 
