@@ -84,7 +84,7 @@ robustness: $(STAMP)
 	I=$$(ls -d $$W/iter*/student | sort -V | tail -1 | xargs dirname); \
 	C=$$($(PY) -c "from noisy_student.experiment import report; print(report.last_control_dir('$$W') or '')" 2>/dev/null); \
 	test -n "$$C" || { echo "no report.json with a control in $$W: run the driver (with --train_controls) to the end"; exit 2; }; \
-	test -d $$W/data/fmnist-c || $(PY) -m data.make_corrupted \
+	test -f $$W/data/fmnist-c/manifest-00000-of-00001.json || $(PY) -m data.make_corrupted \
 	    --input_pattern="$$W/data/records/test-*" --output_dir=$$W/data/fmnist-c \
 	    --max_examples=$(ROBUST_N); \
 	for who in teacher control student; do \

@@ -4,6 +4,7 @@ r"""One table from the `report.json` of several driver workdirs (seeds, ablation
   python -m noisy_student.summarize runs/demo runs/ablation_* --nomean
   python -m noisy_student.summarize results/fashion_mnist_ablation_hard_labels/seed* \
       --versus=results/fashion_mnist_2iter
+  python -m noisy_student.summarize --robustness results/fashion_mnist_2iter/seed*
 
 Prints a markdown table with a row per workdir: the labels-only baseline, each
 iteration's student, its gain over its own teacher, its compute-matched control (the
@@ -13,6 +14,11 @@ recovered; with --versus, the last student's margin over the last student of the
 seed in the run it ablates; then (unless --nomean) the mean and sample standard
 deviation over the rows. Accuracies are test-set top-1 in percent, read from the files
 the driver wrote, never typed in.
+
+With --robustness, the rows are the teacher, control and student of each workdir, read
+from the `robustness/<model>/<suite>/results.json` that `make robustness` writes there
+(docs/evaluation.md): clean top-1, corruption error and mCE, flip probability and mFR,
+FGSM and PGD accuracy; then the mean +- sd of each model over the workdirs.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ flags.DEFINE_string("versus", None,
                     "Results of the run these rows ablate, as <dir>/seed<N>/report.json: "
                     "adds the column 'vs <dir's name>', each row's last student minus "
                     "that run's last student of the same seed (points).")
+flags.DEFINE_bool("robustness", False,
+                  "Tabulate the robustness suites of each workdir's teacher, control and "
+                  "student (<workdir>/robustness/, from `make robustness`) instead.")
 FLAGS = flags.FLAGS
 
 
@@ -159,11 +168,75 @@ def table(workdirs: list[str], mean: bool = True, split: str = "test",
   return "\n".join(lines) + "\n"
 
 
+# The models `make robustness` evaluates, in its order; the suites; the attack strengths
+# (0-255 pixel units) in the table.
+ROBUST_MODELS = ("teacher", "control", "student")
+ROBUST_SUITES = ("clean", "corruptions", "perturbations", "adversarial")
+FGSM_EPSILONS, PGD_EPSILONS = ("8", "16"), ("4", "8")
+
+
+def robustness_row(workdir: str, model: str) -> dict[str, float | None]:
+  """Column name -> value for one model's suites under `workdir`/robustness. mCE, relative
+  mCE and mFR are None where the suite had no baseline to normalise by (the teacher)."""
+  results = {}
+  for suite in ROBUST_SUITES:
+    path = os.path.join(workdir, "robustness", model, suite, "results.json")
+    if not tf.io.gfile.exists(path):
+      raise FileNotFoundError(f"{path}: no {suite} results (run `make robustness` on the "
+                              "workdir first)")
+    results[suite] = fileio.read_json(path)
+  corr, pert, adv = (results[s] for s in ROBUST_SUITES[1:])
+  values = {"clean top-1 %": 100 * results["clean"]["top1"],
+            "corruption error %": 100 * corr["mean_error"],
+            "mCE": corr.get("mce"), "relative mCE": corr.get("relative_mce"),
+            "flip prob. %": 100 * pert["mean_flip_probability"], "mFR": pert.get("mfr")}
+  for attack, epsilons in (("fgsm", FGSM_EPSILONS), ("pgd", PGD_EPSILONS)):
+    accuracy = adv["accuracy"][attack]
+    for eps in epsilons:
+      if eps not in accuracy:
+        raise ValueError(f"{workdir}: {model}'s adversarial results have no {attack} at "
+                         f"epsilon {eps} (it has {sorted(accuracy)})")
+      values[f"{attack.upper()} {eps} %"] = 100 * accuracy[eps]
+  return values
+
+
+def _robust_cell(column: str, x: float | None) -> str:
+  if x is None:
+    return "-"
+  return f"{x:.2f}" if column.startswith(("corruption", "flip")) else f"{x:.1f}"
+
+
+def robustness_table(workdirs: list[str], mean: bool = True) -> str:
+  """The robustness suites of each workdir's teacher, control and student, a row each."""
+  rows = [(w, m, robustness_row(w, m)) for w in workdirs for m in ROBUST_MODELS]
+  columns = list(rows[0][2])
+  lines = ["| workdir | model | " + " | ".join(columns) + " |",
+           "|---" * (len(columns) + 2) + "|"]
+  for w, m, values in rows:
+    lines.append(f"| {w} | {m} | "
+                 + " | ".join(_robust_cell(c, values[c]) for c in columns) + " |")
+  if mean and len(workdirs) > 1:
+    for m in ROBUST_MODELS:
+      cells = []
+      for c in columns:
+        xs = [v[c] for _, model, v in rows if model == m]
+        if None in xs:
+          cells.append("-")
+          continue
+        mu, sd = _mean_sd(xs)
+        cells.append(f"{_robust_cell(c, mu)} ± {_robust_cell(c, sd)}")
+      lines.append(f"| mean ± sd | {m} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv):
   workdirs = argv[1:]
   if not workdirs:
     raise app.UsageError("give one or more driver workdirs")
-  text = table(workdirs, FLAGS.mean, FLAGS.split, FLAGS.all_labels_dir, FLAGS.versus)
+  if FLAGS.robustness:
+    text = robustness_table(workdirs, FLAGS.mean)
+  else:
+    text = table(workdirs, FLAGS.mean, FLAGS.split, FLAGS.all_labels_dir, FLAGS.versus)
   sys.stdout.write(text)
   if FLAGS.output:
     fileio.write_text_atomic(FLAGS.output, text)

@@ -1,5 +1,7 @@
 """Every results table in the README and docs/ is what noisy_student.summarize prints
-from the committed reports under results/: none is typed in or edited by hand."""
+from the committed reports under results/ (accuracy tables from report.json, robustness
+tables, `--robustness`, from robustness/*/*/results.json): none is typed in or edited by
+hand."""
 import glob
 import os
 import re
@@ -40,6 +42,10 @@ def test_table_is_printed_by_summarize(text, monkeypatch):
   rows = [line.split("|")[1].strip() for line in text.splitlines()[2:]]
   workdirs = [w for w in rows if w != "mean ± sd"]
   header = text.splitlines()[0]
+  if header.startswith("| workdir | model |"):
+    workdirs = list(dict.fromkeys(workdirs))
+    assert text == summarize.robustness_table(workdirs, mean="mean ± sd" in rows)
+    return
   bounds = BOUNDS if "| all labels |" in header else None
   versus = re.search(r"\| vs (?!control)(\S+) \|", header)
   versus = f"results/{versus.group(1)}" if versus else None
@@ -53,3 +59,4 @@ def test_the_tables_are_found():
   ids = [p.id for p in _cases()]
   assert any(i.startswith("README.md:") for i in ids)
   assert sum(i.startswith("docs/results.md:") for i in ids) >= 5
+  assert any(i.startswith("docs/evaluation.md:") for i in ids)  # the robustness table

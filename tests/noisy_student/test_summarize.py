@@ -160,3 +160,52 @@ def test_the_last_students_control_is_found_from_the_report(tmp_path):
   assert report.last_control_dir(str(w)) == str(w / "iter1" / "control")
   (w / "iter2" / "control").mkdir(parents=True)
   assert report.last_control_dir(str(w)) == str(w / "iter2" / "control")
+
+
+def _robustness(tmp_path, name, accuracies):
+  """A workdir whose `make robustness` results give each model the clean top-1 and attack
+  accuracy in `accuracies` (model -> fraction); the other numbers are fixed."""
+  d = tmp_path / name
+  for model, acc in accuracies.items():
+    normalised = model != "teacher"
+    suites = {
+        "clean": {"top1": acc},
+        "corruptions": {"mean_error": 0.25, "mce": 90.0 if normalised else None,
+                        "relative_mce": 120.0 if normalised else None},
+        "perturbations": {"mean_flip_probability": 0.03, "mfr": 80.0 if normalised else None},
+        "adversarial": {"accuracy": {a: {e: acc / 2 for e in ("4", "8", "16")}
+                                     for a in ("fgsm", "pgd")}},
+    }
+    for suite, results in suites.items():
+      (d / "robustness" / model / suite).mkdir(parents=True)
+      (d / "robustness" / model / suite / "results.json").write_text(json.dumps(results))
+  return str(d)
+
+
+def test_robustness_table(tmp_path):
+  a = _robustness(tmp_path, "a", {"teacher": 0.80, "control": 0.81, "student": 0.84})
+  b = _robustness(tmp_path, "b", {"teacher": 0.82, "control": 0.83, "student": 0.86})
+  lines = summarize.robustness_table([a, b]).splitlines()
+  assert lines[0] == ("| workdir | model | clean top-1 % | corruption error % | mCE "
+                      "| relative mCE | flip prob. % | mFR | FGSM 8 % | FGSM 16 % | PGD 4 % "
+                      "| PGD 8 % |")
+  assert lines[2] == f"| {a} | teacher | 80.0 | 25.00 | - | - | 3.00 | - | 40.0 | 40.0 | 40.0 | 40.0 |"
+  assert lines[4] == (f"| {a} | student | 84.0 | 25.00 | 90.0 | 120.0 | 3.00 | 80.0 | 42.0 "
+                      "| 42.0 | 42.0 | 42.0 |")
+  assert len(lines) == 2 + 6 + 3
+  # Sample sd of (84, 86) is sqrt(2); the unnormalised teacher has no mean mCE.
+  assert lines[8].startswith("| mean ± sd | teacher | 81.0 ± 1.4 | 25.00 ± 0.00 | - | - |")
+  assert lines[10].startswith("| mean ± sd | student | 85.0 ± 1.4 | 25.00 ± 0.00 | 90.0 ± 0.0 |")
+  assert len(summarize.robustness_table([a], mean=True).splitlines()) == 5
+
+
+def test_robustness_table_errors_name_the_file(tmp_path):
+  a = _robustness(tmp_path, "a", {"teacher": 0.8, "control": 0.8})
+  with pytest.raises(FileNotFoundError, match="student/clean/results.json"):
+    summarize.robustness_table([a])
+  b = _robustness(tmp_path, "b", {"teacher": 0.8, "control": 0.8, "student": 0.8})
+  path = os.path.join(b, "robustness", "student", "adversarial", "results.json")
+  with open(path, "w") as f:
+    json.dump({"accuracy": {"fgsm": {"8": 0.5}, "pgd": {"4": 0.5, "8": 0.5}}}, f)
+  with pytest.raises(ValueError, match="no fgsm at epsilon 16"):
+    summarize.robustness_table([b])
