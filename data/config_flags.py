@@ -17,7 +17,11 @@ arguments, `to_args(settings)`, or as a flagfile, instead of spelling flags by h
 flag type follows the field's annotation: str, int, float, bool, `X | None`, or
 `tuple[str | int | float, ...]` (a comma-separated list); `choices` makes it an enum.
 `aliases` are other names of the same flag (absl's DEFINE_alias), e.g. the official
-code's names. It lives in `data` because both packages' entry points use it.
+code's names. An `operational` setting changes how a command runs (how often it
+checkpoints or logs, what it profiles), never what it computes: the experiment driver
+leaves such settings out of a stage's key (`to_args(..., operational=False)`), so changing
+one neither reruns a finished stage nor restarts a running one. It lives in `data` because
+both packages' entry points use it.
 """
 
 from __future__ import annotations
@@ -31,14 +35,17 @@ from typing import Any, Sequence
 from absl import flags
 
 _HELP, _CHOICES, _ALIASES, _REQUIRED = "help", "choices", "aliases", "required"
+_OPERATIONAL = "operational"
 
 
 def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
-            aliases: Sequence[str] = (), required: bool = False) -> Any:
-  """A dataclass field that is also a flag (`help` is its documentation)."""
+            aliases: Sequence[str] = (), required: bool = False,
+            operational: bool = False) -> Any:
+  """A dataclass field that is also a flag (`help` is its documentation); `operational`:
+  it does not change the command's results (see the module docstring)."""
   return dataclasses.field(default=default, metadata={
       _HELP: help, _CHOICES: tuple(choices) if choices else None,
-      _ALIASES: tuple(aliases), _REQUIRED: required})
+      _ALIASES: tuple(aliases), _REQUIRED: required, _OPERATIONAL: operational})
 
 
 def _base_type(annotation) -> tuple[type, type | None]:
@@ -124,13 +131,16 @@ def _render(value, kind) -> str:
   return str(value)
 
 
-def to_args(config, *, all_fields: bool = False) -> list[str]:
+def to_args(config, *, all_fields: bool = False, operational: bool = True) -> list[str]:
   """`config` as `--name=value` arguments: the fields that differ from their default
-  (every field with `all_fields`), in field order; None is left out (the flag default)."""
+  (every field with `all_fields`), in field order; None is left out (the flag default).
+  `operational=False` leaves out the operational settings too (what a result depends on)."""
   args = []
   for f, kind, _ in fields(type(config)):
     value = getattr(config, f.name)
     if value is None or (not all_fields and value == f.default):
+      continue
+    if not operational and f.metadata[_OPERATIONAL]:
       continue
     if kind is bool:
       args.append(f"--{f.name}" if value else f"--no{f.name}")

@@ -68,12 +68,12 @@ class TrainSettings:
       choices=trainer_lib.PRECISIONS)
   steps_per_loop: int = setting(_trainer("steps_per_loop"),
                                 "Steps per host call (and per progress line).",
-                                aliases=["iterations_per_loop"])
+                                aliases=["iterations_per_loop"], operational=True)
   checkpoint_every_steps: int = setting(_trainer("checkpoint_every_steps"),
                                         "Checkpoint period (and at the end).",
-                                        aliases=["save_checkpoints_steps"])
+                                        aliases=["save_checkpoints_steps"], operational=True)
   keep_checkpoints: int = setting(_trainer("keep_checkpoints"), "Checkpoints kept.",
-                                  aliases=["keep_checkpoint_max"])
+                                  aliases=["keep_checkpoint_max"], operational=True)
   eval_every_steps: int = setting(_trainer("eval_every_steps"),
                                   "Evaluation period (EMA weights); 0: at the end only.",
                                   aliases=["steps_per_eval"])
@@ -93,9 +93,10 @@ class TrainSettings:
       "them; 0: none.")
   profile_steps: tuple[int, ...] = setting(
       _trainer("profile_steps"), "FIRST,LAST (or one step): trace these training steps "
-      "with the TensorFlow profiler (TensorBoard's Profile tab); empty: off.")
+      "with the TensorFlow profiler (TensorBoard's Profile tab); empty: off.",
+      operational=True)
   profile_dir: str = setting(_trainer("profile_dir"), "Where the profile goes; empty: "
-                             "MODEL_DIR/profile.")
+                             "MODEL_DIR/profile.", operational=True)
 
   # Model.
   model_name: str = setting(_task("model_name"), "efficientnet-b0 .. b8, efficientnet-l2.")

@@ -295,14 +295,15 @@ def _canonical(command: tuple[str, ...], workdir: str) -> list[str]:
   """A command as its settings say it, with the workdir written as `$WORKDIR`.
 
   A command whose settings are a dataclass (`settings.COMMANDS`) is parsed and written
-  again: only non-default settings, in a fixed order, under today's names. Others are
-  taken as spelled.
+  again: only non-default settings, in a fixed order, under today's names, without the
+  operational ones (checkpoint and logging periods: they do not change the outputs).
+  Others are taken as spelled.
   """
   from noisy_student import settings  # The settings import TensorFlow.
   module, args = command[0], list(command[1:])
   cls = settings.COMMANDS.get(module)
   if cls is not None:
-    args = config_flags.to_args(config_flags.parse_args(cls, args))
+    args = config_flags.to_args(config_flags.parse_args(cls, args), operational=False)
   return [module] + [arg.replace(workdir, "$WORKDIR") for arg in args]
 
 

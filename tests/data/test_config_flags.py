@@ -18,6 +18,7 @@ class Example:
   mode: str = setting("down_up", "Balancing.", choices=["none", "down", "down_up"])
   width: float | None = setting(None, "Overrides the width.")
   severities: tuple[int, ...] = setting((1, 2, 3), "Severities.")
+  log_every: int = setting(100, "Logging period.", operational=True)
   derived: int = 0  # Not a flag: no `setting`.
 
 
@@ -65,6 +66,12 @@ def test_to_args_renders_only_changed_fields_in_field_order():
   everything = config_flags.to_args(Example(pattern="p"), all_fields=True)
   assert everything[:3] == ["--pattern=p", "--batch_size=64", "--ratio=3.0"]
   assert "--width" not in " ".join(everything)  # None: the flag's own default.
+
+
+def test_operational_settings_can_be_left_out():
+  config = Example(pattern="p", batch_size=8, log_every=5)
+  assert config_flags.to_args(config) == ["--pattern=p", "--batch_size=8", "--log_every=5"]
+  assert config_flags.to_args(config, operational=False) == ["--pattern=p", "--batch_size=8"]
 
 
 @pytest.mark.parametrize("config", [

@@ -266,6 +266,17 @@ def test_a_rerun_input_means_the_recorded_settings_do_not_count(tmp_path):
   assert not runner._same_settings_as_recorded(stage, key)
 
 
+def test_operational_settings_do_not_change_a_stage_key(runner):
+  """Checkpointing or logging more often resumes a stage instead of rerunning it."""
+  w = runner.workdir
+  base = ("noisy_student.train", f"--model_dir={w}/m", "--train_pattern=x",
+          "--train_steps=30")
+  key = lambda *more: runner.key(driver.Stage("iter0/teacher", (base + more,)))
+  assert key("--checkpoint_every_steps=10", "--steps_per_loop=5",
+             "--keep_checkpoints=2", "--profile_steps=3,4") == key()
+  assert key("--train_steps=31") != key()
+
+
 def test_settings_commands_run_from_a_flagfile(runner, tmp_path):
   command = ("noisy_student.train", f"--model_dir={runner.workdir}/m", "--train_pattern=x")
   name, args = runner._flagfile_command("iter0/teacher", 0, command)
