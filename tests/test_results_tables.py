@@ -1,7 +1,8 @@
 """Every results table in the README and docs/ is what noisy_student.summarize prints
 from the committed reports under results/ (accuracy tables from report.json, robustness
 tables, `--robustness`, from robustness/*/*/results.json): none is typed in or edited by
-hand."""
+hand. The one table typed by hand, docs/results.md's configurations, has its numbers
+checked against the same reports."""
 import glob
 import os
 import re
@@ -60,3 +61,46 @@ def test_the_tables_are_found():
   assert any(i.startswith("README.md:") for i in ids)
   assert sum(i.startswith("docs/results.md:") for i in ids) >= 5
   assert any(i.startswith("docs/evaluation.md:") for i in ids)  # the robustness table
+
+
+def _configurations():
+  """The rows of docs/results.md's table of configurations that name a flagfile: (id,
+  experiment, seeds, cells). This table is written by hand (its cells are means over the
+  seeds of several columns at once), so the test below checks its numbers instead."""
+  text = open(os.path.join(REPO, "docs", "results.md")).read()
+  block = text.split("<!--configurations-->")[1].split("<!--/configurations-->")[0]
+  for line in block.strip().splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    found = re.search(r"`flags/run/(\w+)\.flags`", cells[0])
+    if found:
+      seeds = [int(s) for s in re.findall(r"\d+", re.sub(r"\(.*?\)", "", cells[1]))]
+      yield pytest.param(found.group(1), seeds, cells, id=found.group(1))
+
+
+def _stat(xs, sign=""):
+  if len(xs) == 1:
+    return f"{xs[0]:{sign}.2f}"
+  mean, sd = summarize._mean_sd(xs)
+  return f"{mean:{sign}.2f} ± {sd:.2f}"
+
+
+@pytest.mark.parametrize("experiment,seeds,cells", list(_configurations()))
+def test_configuration_row_matches_its_reports(experiment, seeds, cells, monkeypatch):
+  """Each row's dev and test cells are the mean ± sd over its seeds of the baseline, the
+  last student and its control, and its verdict quotes the margin over the control (and,
+  for an ablation, over the winner) that the reports give."""
+  monkeypatch.chdir(REPO)
+  workdirs = [f"results/{experiment}/seed{s}" for s in seeds]
+  versus = "results/fashion_mnist_2iter" if "ablation" in experiment else None
+  for split, cell in (("dev", cells[2]), ("test", cells[3])):
+    rows = [summarize.row(summarize.load(w, versus=versus), split) for w in workdirs]
+    last = len(summarize.load(workdirs[0])["iterations"])
+    triple = " / ".join(_stat([r[c] for r in rows])
+                        for c in ("baseline", f"iteration {last}", f"control {last}"))
+    assert triple in cell, f"{split}: expected {triple!r} in {cell!r}"
+  if len(seeds) > 1:
+    assert _stat([r[f"vs control {last}"] for r in rows], "+") in cells[4]
+    if versus:
+      mean, sd = summarize._mean_sd([r["vs versus"] for r in rows])
+      side = "below" if mean < 0 else "above"
+      assert f"{abs(mean):.2f} ± {sd:.2f} {side}" in cells[4]
