@@ -92,9 +92,10 @@ def test_configuration_row_matches_its_reports(experiment, seeds, cells, monkeyp
   monkeypatch.chdir(REPO)
   workdirs = [f"results/{experiment}/seed{s}" for s in seeds]
   versus = "results/fashion_mnist_2iter" if "ablation" in experiment else None
+  reports = [summarize.load(w, versus=versus) for w in workdirs]
+  last = len(reports[0]["iterations"])
   for split, cell in (("dev", cells[2]), ("test", cells[3])):
-    rows = [summarize.row(summarize.load(w, versus=versus), split) for w in workdirs]
-    last = len(summarize.load(workdirs[0])["iterations"])
+    rows = [summarize.row(report, split) for report in reports]
     triple = " / ".join(_stat([r[c] for r in rows])
                         for c in ("baseline", f"iteration {last}", f"control {last}"))
     assert triple in cell, f"{split}: expected {triple!r} in {cell!r}"
