@@ -184,10 +184,8 @@ def evaluate(config: EvalConfig, strategy: tf.distribute.Strategy | None = None)
   start = time.time()
   suite = registry.SUITES[config.suite]
   strategy = strategy or strategy_lib.get_strategy(config.strategy, config.tpu)
-  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    raise ValueError("noisy_student.evaluate runs on one host: a multi-worker strategy "
-                     "(--strategy=multi_worker, or a TF_CONFIG cluster under auto) is "
-                     "not supported; use --strategy=mirrored, tpu or one_device")
+  strategy_lib.require_one_host(strategy, "noisy_student.evaluate",
+                                "use --strategy=mirrored, tpu or one_device")
   ev = model_lib.Evaluator(config, strategy)
   baseline = suite.baseline(config, ev.num_classes)
   results = suite.compute(ev, baseline)

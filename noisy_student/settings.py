@@ -82,8 +82,8 @@ class TrainSettings:
   data_position: str = setting(
       _trainer("data_position"), "Where a resumed run restarts its input: 'skip' replays "
       "it and drops the consumed batches (exact with --deterministic; redoes their "
-      "preprocessing); 'epoch' restarts at the labeled epoch in progress (cheap; "
-      "ImageNet-size data).", choices=trainer_lib.DATA_POSITIONS)
+      "preprocessing); 'epoch' restarts at the labeled epoch in progress and a fresh "
+      "unlabeled pass (cheap; ImageNet-size data).", choices=trainer_lib.DATA_POSITIONS)
   seed: int = setting(0, "Seed of weights, noise and input order.")
   deterministic: bool = setting(False, "TF op determinism and a fixed input order "
                                 "(bit-reproducible; slower).")
@@ -233,8 +233,8 @@ class LabelSettings:
   label_offset: int = setting(0, "1 for ImageNet TPU TFRecords.")
   noised: bool = setting(False, "Ablation: keep dropout and stochastic depth on while "
                          "labelling (not reproducible).")
-  strategy: str = setting("auto", "tf.distribute strategy.",
-                          choices=strategy_lib.STRATEGIES)
+  strategy: str = setting("auto", "tf.distribute strategy, one host (multi_worker is "
+                          "refused: use --num_shards).", choices=strategy_lib.STRATEGIES)
   tpu: str | None = setting(None, "TPU name or address (strategy tpu/auto).")
 
 
@@ -253,7 +253,8 @@ class SelectSettings:
   images_per_class: int | None = setting(
       None, "K, target images per class (required unless --balancing=none).")
   balancing: str = setting(
-      "down_up", "down_up: classes above K keep their K most confident images, classes "
+      "down_up", "down_up: classes above K keep about K of their most confident images (those "
+      "at or above the class threshold, each with probability K / their count), classes "
       "below are duplicated up to K (official); down: no duplication (copy factor "
       "capped at 1); none: a plain filter, confidence >= min_threshold, one copy each.",
       choices=BALANCINGS)

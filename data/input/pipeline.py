@@ -52,6 +52,13 @@ the same noise in two runs with the same seed whatever the parallelism or the or
 arrives in, different noise every epoch, and duplicated records (balanced pseudo labels)
 get different noise. `deterministic=True` also fixes the order (tests, resumption).
 
+A run resumed at labeled epoch e (`initial_epoch`) restarts the labeled stream at epoch e
+and the unlabeled stream at pass e * UNLABELED_PASSES_PER_EPOCH: the unlabeled set has
+its own length, so which of its passes was in progress is unknown here, and starting it
+at pass e too could replay, order and noise alike, a pass the run already took. Passes
+numbered in blocks per labeled epoch are fresh unless the run is resumed twice in one
+labeled epoch, which replays the labeled epoch too.
+
 Labels outside [0, num_classes) fail with a tf.debugging assertion that names the problem
 (in eval, -1 is allowed: unlabeled images). `label_offset=1` reads ImageNet TFRecords made
 by the TPU conversion script (1-based labels).
@@ -181,6 +188,11 @@ def _scalar_seed(seed_pair: tf.Tensor) -> tf.Tensor:
   """An int64 scalar for `Dataset.shuffle`, derived from a stateless seed pair."""
   return tf.random.stateless_uniform([], seed_pair, minval=None, maxval=None,
                                      dtype=tf.int64)
+
+
+# Unlabeled passes numbered per labeled epoch; more than any run takes in one (a ratio-28
+# batch over an unlabeled set 1/20,000 of the labeled set's size takes ~560,000).
+UNLABELED_PASSES_PER_EPOCH = 2**20
 
 
 def _read_file(path: tf.Tensor, file_id: tf.Tensor) -> tf.data.Dataset:
@@ -378,6 +390,8 @@ def labeled_unlabeled_dataset(
     labeled_batch_size: global B. U = ceil(unlabeled_ratio * B) globally; both are
       divided by the replica count (each must divide evenly).
     unlabeled_pattern: unlabeled (offline: pseudo-labelled) TFRecords; needed if r > 0.
+    initial_epoch: the labeled epoch to start at; the unlabeled stream starts at pass
+      initial_epoch * UNLABELED_PASSES_PER_EPOCH (see the module docstring).
     unlabeled_preprocess: noise of the unlabeled part (default: `preprocess`), e.g.
       augment="none" for the paper's ablation without noise on unlabeled images.
     label_type: "soft" (stored probabilities) or "hard" (one-hot of the stored argmax).
@@ -409,7 +423,7 @@ def labeled_unlabeled_dataset(
       files, ids, seed=seed, stream=_UNLABELED,
       pipeline=input_context.input_pipeline_id if input_context else 0,
       shuffle_buffer=shuffle_buffer, deterministic=deterministic,
-      initial_epoch=initial_epoch)
+      initial_epoch=initial_epoch * UNLABELED_PASSES_PER_EPOCH)
   unlabeled = _skip_bad_records(
       unlabeled,
       _unlabeled_map(unlabeled_preprocess,

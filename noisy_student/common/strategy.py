@@ -7,13 +7,18 @@ cluster, else the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
+import keras
 import tensorflow as tf
 from absl import logging
 
 STRATEGIES = ("auto", "tpu", "mirrored", "multi_worker", "one_device")
+# Between replicas' seeds of one noise layer (a prime, so that the seeds stay distinct
+# after Keras folds them into int32 for up to 2,147 replicas).
+_REPLICA_SEED_STRIDE = 1_000_003
 
 
 def _tpu_available(tpu: str | None) -> bool:
@@ -65,6 +70,19 @@ def get_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.St
   return strategy
 
 
+def require_one_host(strategy: tf.distribute.Strategy, tool: str, instead: str) -> None:
+  """Refuses a multi-worker strategy for a tool whose input pipeline runs on one host.
+
+  Under MultiWorkerMirroredStrategy each worker reads only its part of a distributed
+  dataset, while these tools match the rows they get back to the records they read, in
+  order, and every worker would write the same outputs: refusing is the only safe answer.
+  """
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    raise ValueError(f"{tool} runs on one host: a multi-worker strategy "
+                     "(--strategy=multi_worker, or a TF_CONFIG cluster under auto) is "
+                     f"not supported; {instead}")
+
+
 def task_type_and_id(strategy: tf.distribute.Strategy) -> tuple[str | None, int]:
   resolver = getattr(strategy, "cluster_resolver", None)
   if resolver is None or not getattr(resolver, "task_type", None):
@@ -103,3 +121,34 @@ def write_dir(directory: str, strategy: tf.distribute.Strategy) -> str:
 def cleanup_write_dir(directory: str, strategy: tf.distribute.Strategy) -> None:
   if not is_chief(strategy):
     tf.io.gfile.rmtree(write_dir(directory, strategy))
+
+
+def seed_states(model: keras.Model) -> list:
+  """The [seed, counter] state variables of the model's keras.random.SeedGenerators
+  (Dropout, stochastic depth)."""
+  return [v for v in model.variables
+          if v.name == "seed_generator_state" and tuple(v.shape) == (2,)]
+
+
+@contextlib.contextmanager
+def distinct_replica_noise(states: list):
+  """Within a replica function: gives each replica its own dropout and stochastic-depth
+  masks.
+
+  A SeedGenerator's state is a mirrored variable that every replica advances alike, so
+  without this row j of every replica's batch draws the same masks (the noise of a
+  256-replica batch would be that of one replica's). Replica r's seeds are moved by
+  r * _REPLICA_SEED_STRIDE for the body and moved back after it: replica 0 draws what a
+  single device draws, and the state that is checkpointed is the same on every replica.
+  """
+  if not states:
+    yield
+    return
+  replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+  offset = tf.stack([tf.cast(replica, tf.int64) * _REPLICA_SEED_STRIDE,
+                     tf.constant(0, tf.int64)])
+  for v in states:
+    v.assign_add(tf.cast(offset, v.dtype))
+  yield
+  for v in states:
+    v.assign_sub(tf.cast(offset, v.dtype))

@@ -56,6 +56,8 @@ def confidence_bins(confidence) -> np.ndarray:
     [n] int64 bins in [0, 100] (values below 0 go to bin 0).
   """
   c = np.asarray(confidence, dtype=np.float32)
+  if not np.isfinite(c).all():  # searchsorted would put NaN in bin 100.
+    raise ValueError(f"non-finite confidence(s): {c[~np.isfinite(c)][:5].tolist()}")
   bins = np.searchsorted(_BIN_EDGES, c, side="right") - 1
   return np.maximum(bins, 0).astype(np.int64)
 

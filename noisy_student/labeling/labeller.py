@@ -54,6 +54,7 @@ from data.records import schema
 from data.records import shards
 from noisy_student.common import job_io
 from noisy_student.common import model_io
+from noisy_student.common import strategy as strategy_lib
 from noisy_student.labeling import label_stats
 from noisy_student.training import losses
 
@@ -213,8 +214,14 @@ class _Sink:
   def consume(self, probs: np.ndarray, ok: np.ndarray, rows: list) -> int:
     """probs: [n, C] float32; ok: [n]; rows: n (job index, serialized record)."""
     cfg = self._cfg
-    for (k, serialized), p, good in zip(rows, probs, ok):
+    finite = np.isfinite(probs).all(axis=1)
+    for (k, serialized), p, good, fine in zip(rows, probs, ok, finite):
       self._advance(k)
+      if good > 0 and not fine:
+        # A diverged teacher: its NaN would bin as confidence 1.00, argmax as class 0.
+        raise ValueError(f"{self._jobs[k].source}: record {self._index} "
+                         f"(id {_record_id(serialized)!r}): the teacher {cfg.teacher} "
+                         f"predicts non-finite probabilities {p.tolist()}")
       if good > 0:
         self._writer.write(with_pseudo_label(serialized, p, storage=cfg.storage,
                                              top_k=cfg.soft_label_top_k))
@@ -260,6 +267,8 @@ class Teacher:
         if isinstance(layer, keras.layers.BatchNormalization):
           layer.trainable = False  # Keras 3: BN in inference mode even when training.
     self._training = bool(noised)
+    self._seed_states = (strategy_lib.seed_states(self.model)
+                         if noised and strategy.num_replicas_in_sync > 1 else [])
     self._step = tf.function(self._distributed_step)
 
   @property
@@ -280,7 +289,8 @@ class Teacher:
 
   def soft_labels(self, images: tf.Tensor) -> tf.Tensor:
     """images: [b, S, S, 3] float32 in [0, 255] -> [b, C] float32 p = softmax(logits)."""
-    out = tf.cast(self.model(images, training=self._training), tf.float32)
+    with strategy_lib.distinct_replica_noise(self._seed_states):
+      out = tf.cast(self.model(images, training=self._training), tf.float32)
     # From log-probabilities, softmax(log_softmax(z) / 1): the same bits as the labels
     # of earlier versions.
     return losses.apply_temperature(tf.nn.log_softmax(out, axis=-1),
@@ -456,6 +466,10 @@ def run_labeling(cfg: LabelConfig, strategy: tf.distribute.Strategy | None = Non
   files = fileio.list_files(cfg.input_pattern)  # Empty pattern: ValueError naming it.
   check_inputs(files)
   strategy = strategy or tf.distribute.get_strategy()
+  strategy_lib.require_one_host(
+      strategy, "noisy_student.label",
+      "use --strategy=mirrored, tpu or one_device, and --num_shards to spread the work "
+      "over hosts")
   if cfg.batch_size % strategy.num_replicas_in_sync:
     raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the "
                      f"{strategy.num_replicas_in_sync} replicas")

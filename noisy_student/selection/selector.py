@@ -72,6 +72,7 @@ from noisy_student.selection import samples
 SELECT_STATS_FORMAT = "noisy_student.select.stats/1"
 SELECT_SETTINGS = "select-settings.json"
 SELECT_SETTINGS_FORMAT = "noisy_student.select.settings/1"
+SUMMARY = "selection.json"
 _HASH_BUCKETS = 2**53  # u = hash / 2**53 is an exact float64 in [0, 1).
 _KEY_BUCKETS = 2**62   # Key fingerprints for the duplicate check.
 _KEY_PARTITIONS = 64   # The cross-shard check holds 1/64 of all fingerprints at a time.
@@ -95,6 +96,23 @@ read_label_stats = label_stats.read_label_stats
 
 class EmptySelectionError(ValueError):
   """Nothing to train the student on: no prediction passes, or nothing was written."""
+
+
+def check_complete(files) -> None:
+  """Refuses selected files whose selection is unfinished or failed.
+
+  Each shard renames its outputs into place as it finishes, so a student pointed at
+  `selected-*` while other shards run, or after the cross-shard check failed, would
+  silently train on part of the selection: files whose directory holds a
+  `selection.json` that is not "complete" raise ValueError. Files without one (made by
+  other tools) pass.
+  """
+  for directory in sorted({os.path.dirname(f) for f in files}):
+    path = os.path.join(directory, SUMMARY)
+    if tf.io.gfile.exists(path) and not fileio.read_json(path).get("complete"):
+      raise ValueError(f"{path}: the selection in {directory} is not complete (shards "
+                       "still running, or one failed): finish noisy_student.select there "
+                       "before training on its files")
 
 
 def select_stats_name(shard_index: int, num_shards: int) -> str:
@@ -393,6 +411,8 @@ def select_shard(files: list[str], plan: Plan, out_paths: list[str], *,
       if bad.any():
         raise ValueError(f"record with pseudo label {labels[bad][0]} outside "
                          f"[0, {num_classes}) in {files}: not a prediction file?")
+      if not np.isfinite(confidence).all():
+        raise ValueError(f"record with a non-finite pseudo-label probability in {files}")
       copies = num_copies(plan, labels, confidence, uniforms)
       read += np.bincount(labels, minlength=num_classes)
       passed = label_stats.confidence_bins(confidence) >= plan.threshold_bin[labels]
@@ -559,9 +579,9 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
     raise EmptySelectionError(
         f"empty selection: 0 of {int(plan.count_before.sum()):,} predictions reach "
         f"min_threshold {config.min_threshold}; the plan is in "
-        f"{os.path.join(job.output_dir, 'selection.json')}")
-  if job.plan_only:
-    return summary
+        f"{os.path.join(job.output_dir, SUMMARY)}")
+  if job.plan_only:  # After the last shard: the summary with the actual counts again.
+    return _maybe_complete(job, plan, stats)
   marker = os.path.join(job.output_dir, select_stats_name(job.shard_index, job.num_shards))
   if tf.io.gfile.exists(marker):
     done = fileio.read_json(marker)
@@ -709,7 +729,7 @@ def _write_summary(job, plan, stats, shard_stats) -> dict:
         [os.path.join(job.output_dir, f) for f in summary["output_files"]],
         os.path.join(job.output_dir, "samples.png"), stats.num_classes)
     summary["samples_png"] = {"classes": classes, "images": shown}
-  job_io.write_text_atomic(os.path.join(job.output_dir, "selection.json"),
+  job_io.write_text_atomic(os.path.join(job.output_dir, SUMMARY),
                            job_io.dumps_compact(summary))
   plot_summary(plan, os.path.join(job.output_dir, "selection.png"),
                actual_written=summary.get("actual_written"))

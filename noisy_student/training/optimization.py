@@ -154,6 +154,29 @@ def _float_variables(model: keras.Model) -> list:
   return [v for v in model.variables if "float" in str(v.dtype)]
 
 
+def moving_statistics(model: keras.Model) -> list:
+  """The BN moving means and variances: per replica unless BN is synchronized."""
+  return [v for v in _float_variables(model) if v.name in ("moving_mean", "moving_variance")]
+
+
+def average_across_replicas(variables: list) -> None:
+  """In replica context: sets every replica's copy of `variables` to their mean.
+
+  Keras creates BN moving statistics with aggregation "none", so without synchronized BN
+  each replica keeps its own; the EMA averages them into its copy, and without an EMA
+  this keeps the evaluated and exported model the same on every replica. The statistics
+  are not used in training, and their update is linear, so averaging at every step
+  equals averaging the replicas' statistics at the end.
+  """
+  ctx = tf.distribute.get_replica_context()
+  if not variables or ctx is None or ctx.num_replicas_in_sync == 1:
+    return
+  averaged = ctx.all_reduce(tf.distribute.ReduceOp.MEAN,
+                            [tf.identity(v.value) for v in variables])
+  for v, value in zip(variables, averaged):
+    v.assign(value)
+
+
 class ExponentialMovingAverage:
   """Keeps `ema_model`'s variables an exponential moving average of `model`'s.
 

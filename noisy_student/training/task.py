@@ -26,6 +26,7 @@ from data.input.preprocessing import PreprocessConfig
 from data.records import schema
 from noisy_student.common import model_io
 from noisy_student.common import strategy as strategy_lib
+from noisy_student.selection import selector
 from noisy_student.training import losses
 from noisy_student.training import trainer as trainer_lib
 
@@ -145,6 +146,7 @@ class ClassificationTask:
     if c.unlabeled_pattern:
       files = fileio.list_record_files(c.unlabeled_pattern)
       if not c.teacher:
+        selector.check_complete(files)
         self._check_pseudo_labels(files)
     if c.teacher:
       teacher_config = model_io.read_config(c.teacher)

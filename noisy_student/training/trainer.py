@@ -253,6 +253,13 @@ class Trainer:
         self.ema = optimization.ExponentialMovingAverage(
             self.model, self.ema_model, config.moving_average_decay)
     self._decayed = losses.decayed_variables(self.model)
+    # One device draws its masks as it always did; replicas get masks of their own.
+    self._seed_states = (strategy_lib.seed_states(self.model) if self.num_replicas > 1
+                         else [])
+    # Without an EMA copy (which averages them) the model itself is evaluated and
+    # exported: its replicas' BN statistics are kept equal.
+    self._replica_statistics = (optimization.moving_statistics(self.model)
+                                if self.ema is None and self.num_replicas > 1 else [])
     self.skipped_records = 0  # Bad training records skipped by the input, this process.
     self._ckpt_dir = os.path.join(config.model_dir, CKPT_DIR)
     self._iterator = None
@@ -300,7 +307,8 @@ class Trainer:
     "skip" rebuilds the stream from its start and drops the `step` batches already
     consumed (each step takes one element per local replica): exact with
     --deterministic, but their preprocessing is redone. "epoch" starts the stream at
-    the labeled epoch in progress instead (cheap; part of an epoch is seen again).
+    the labeled epoch in progress instead (cheap; part of an epoch is seen again; the
+    unlabeled stream starts a fresh pass, see data.input.pipeline).
     tf.data iterators are not checkpointed: tf.distribute's are not trackable, and a
     shuffle inside a per-epoch flat_map cannot be serialized.
     """
@@ -333,7 +341,7 @@ class Trainer:
 
   def _replica_step(self, batch: dict) -> dict:
     n = self.num_replicas
-    with tf.GradientTape() as tape:
+    with strategy_lib.distinct_replica_noise(self._seed_states), tf.GradientTape() as tape:
       data_loss, metrics = self.task.train_loss(self.model, batch, n)
       # Weight decay is computed identically on every replica; the gradient all-reduce
       # sums the replicas, so each contributes 1/n of it.
@@ -346,6 +354,7 @@ class Trainer:
     self.optimizer.apply(grads, self.model.trainable_variables)
     if self.ema is not None:
       self.ema.update(self.global_step + 1)
+    optimization.average_across_replicas(self._replica_statistics)
     skipped = (tf.reduce_sum(batch["skipped"]) if "skipped" in batch
                else tf.constant(0.0))  # Counted on the row that follows them.
     outputs = dict(metrics, loss=loss, weight_decay=decay, skipped_records=skipped)

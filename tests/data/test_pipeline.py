@@ -289,6 +289,28 @@ def test_labeled_unlabeled_batch_composition(data_dir, label_type):
   assert "clean_image" not in batch
 
 
+def test_resumed_epoch_starts_a_fresh_unlabeled_pass(data_dir, monkeypatch):
+  """Resuming at labeled epoch 1 replays labeled epoch 1 but not unlabeled pass 1, which
+  the run already took (12 unlabeled records, 6 a batch: a pass every 2 batches, a
+  labeled epoch of 20 every 5)."""
+  def batches(initial_epoch, n):
+    ds = pipeline.labeled_unlabeled_dataset(
+        str(data_dir / "train-*"), str(data_dir / "pseudo-*"), labeled_batch_size=4,
+        unlabeled_ratio=1.5, preprocess=TRAIN, num_classes=C, deterministic=True,
+        initial_epoch=initial_epoch)
+    return [(b["image"][:4], b["image"][4:]) for b in _take(ds, n)]
+
+  start = batches(0, 7)
+  resumed = batches(1, 2)
+  np.testing.assert_array_equal(resumed[0][0], start[5][0])   # labeled epoch 1
+  np.testing.assert_array_equal(resumed[1][0], start[6][0])
+  assert not np.array_equal(resumed[0][1], start[2][1])       # not unlabeled pass 1
+  monkeypatch.setattr(pipeline, "UNLABELED_PASSES_PER_EPOCH", 1)
+  replayed = batches(1, 2)                                    # what it used to do
+  np.testing.assert_array_equal(replayed[0][1], start[2][1])
+  np.testing.assert_array_equal(replayed[1][1], start[3][1])
+
+
 def test_online_mode_zero_targets_and_clean_copies(data_dir):
   ds = pipeline.labeled_unlabeled_dataset(
       str(data_dir / "train-*"), str(data_dir / "unlabeled-*"), labeled_batch_size=2,

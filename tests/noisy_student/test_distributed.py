@@ -50,6 +50,37 @@ def test_mirrored_two_replicas_equals_one_device(tmp_path):
   assert diffs["optimizer"] < TOLERANCE
 
 
+def test_replicas_draw_their_own_dropout_masks(tmp_path):
+  """Keras advances a SeedGenerator alike on every replica, so row j of each replica
+  would get the same masks; the trainer offsets replica r's seeds for the step. Replica
+  0 draws what it drew before, the state stays equal on every replica and advances as
+  on one device (which is left untouched)."""
+  proc = subprocess.run([sys.executable, SCRIPT, "noise", str(tmp_path), "6"],
+                        capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = _result(proc.stdout)
+  assert (r["one_device_states"], r["states"]) == (0, 1)
+  assert r["plain_same"]            # Keras alone: the same masks on both replicas.
+  assert not r["distinct_same"]     # With the offset: masks of their own.
+  assert r["replica0_as_before"]
+  (replica0, replica1), = r["after_training"]
+  assert replica0 == replica1 == r["one_device_after_training"][0]
+  assert replica0[1] == 6           # One draw per step, and the offset undone.
+  assert r["after_masks"] == [[[replica0[0], 7]] * 2]
+
+
+def test_without_ema_replicas_keep_one_set_of_bn_statistics(tmp_path):
+  """Keras keeps BN moving statistics per replica; without the EMA (which averages them)
+  the trainer averages them every step, so every replica evaluates and exports one
+  model (without it the replicas differ after 6 steps by about 2e-4)."""
+  proc = subprocess.run([sys.executable, SCRIPT, "no_ema", str(tmp_path), "6"],
+                        capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = _result(proc.stdout)
+  assert r["count"] == 2 and r["moved"] > 1e-2
+  assert r["replica_difference"] == 0.0
+
+
 def _free_ports(n):
   socks = [socket.socket() for _ in range(n)]
   for s in socks:

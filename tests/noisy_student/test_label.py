@@ -212,6 +212,34 @@ def test_bad_inputs_fail_before_work(world, tmp_path):
     labeller.run_labeling(_config(world, out, pattern=pattern, storage="float16"))
 
 
+def test_multi_worker_strategy_is_refused(world, tmp_path):
+  """Each worker would read part of the distributed rows but all of every file's records."""
+  strategy = object.__new__(tf.distribute.MultiWorkerMirroredStrategy)
+  with pytest.raises(ValueError, match="runs on one host.*--num_shards"):
+    labeller.run_labeling(_config(world, tmp_path / "out"), strategy)
+  assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_teacher_output_names_the_record(world, tmp_path):
+  """A diverged teacher's NaN would otherwise bin as confidence 1.00 and class 0."""
+  inputs = keras.Input([SIZE, SIZE, 3])
+  x = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255.0)(inputs))
+  head = keras.layers.Dense(C)
+  model = keras.Model(inputs, head(x))
+  head.kernel.assign(np.full([3, C], np.nan, np.float32))
+  teacher = str(tmp_path / "nan_teacher")
+  model_io.save_model(model, teacher, {"num_classes": C, "image_size": SIZE,
+                                       "small_image": True})
+  out = tmp_path / "out"
+  with pytest.raises(ValueError, match=r"unlabeled-00000\.tfrecord: record 0 \(id "
+                     r"'img-0-0'\): the teacher .* non-finite"):
+    labeller.run_labeling(_config(world, out, teacher=teacher,
+                                  pattern=str(world[0] / "unlabeled-00000.tfrecord")))
+  assert _outputs(out) == {}  # Nothing half-written under the output name.
+  with pytest.raises(ValueError, match="non-finite confidence"):
+    label_stats.confidence_bins([0.5, np.nan])
+
+
 def test_record_helper_replaces_old_pseudo_keys():
   src = schema.image_features(b"bytes", "x")
   src.update(schema.pseudo_features([0.1, 0.9], storage="float32"))

@@ -195,6 +195,29 @@ def test_sharded_pass2_equals_single_job_and_reruns_identically(predictions, tmp
       assert before[p] == after[p], p
 
 
+def test_unfinished_selection_is_refused_and_plan_only_keeps_actual_counts(predictions,
+                                                                           tmp_path):
+  """A student must not read the files of shards that finished while others run, and a
+  --plan_only look at a finished selection must not drop its actual counts."""
+  pred, _ = predictions
+  out = tmp_path / "sel"
+  _run(pred, out, shard_index=0, num_shards=2)
+  files = fileio.list_files(str(out / "selected-*"))
+  assert files and not fileio.read_json(str(out / selector.SUMMARY))["complete"]
+  with pytest.raises(ValueError, match=r"selection.json: the selection .* not complete"):
+    selector.check_complete(files)
+  _run(pred, out, shard_index=1, num_shards=2)
+  files = fileio.list_files(str(out / "selected-*"))
+  selector.check_complete(files)
+  selector.check_complete([str(tmp_path / "elsewhere" / "x.tfrecord")])  # no summary: fine
+  finished = fileio.read_json(str(out / selector.SUMMARY))
+  assert finished["complete"] and "actual_written" in finished
+  summary = _run(pred, out, shard_index=0, num_shards=2, plan_only=True)
+  assert summary["actual_written"] == finished["actual_written"]
+  assert fileio.read_json(str(out / selector.SUMMARY))["actual_written"] == (
+      finished["actual_written"])
+
+
 def test_no_balance_keeps_each_confident_record_once(predictions, tmp_path):
   pred, records = predictions
   summary = _run(pred, tmp_path / "flat", balance=False)

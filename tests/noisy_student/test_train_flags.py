@@ -128,6 +128,22 @@ def test_bad_inputs_fail_before_training(records, tmp_path, args, message):
   assert not (tmp_path / "ckpt").exists()
 
 
+def test_unfinished_selection_is_refused(records, tmp_path):
+  """Selected files next to a selection.json that is not complete (shards still running,
+  or the cross-shard check failed) are not trained on; complete, they are."""
+  selected = tmp_path / "selected"
+  selected.mkdir()
+  write_records(str(selected / "selected-00000-of-00001.tfrecord"), 8, seed=6,
+                labeled=False, pseudo=True)
+  (selected / "selection.json").write_text(json.dumps({"complete": False}))
+  c, _ = config(records, tmp_path / "m", "--train_steps=2", "--unlabeled_ratio=1",
+                f"--unlabeled_pattern={selected}/selected-*")
+  with pytest.raises(ValueError, match="selection.json: the selection .* not complete"):
+    task_lib.ClassificationTask(c.task).validate()
+  (selected / "selection.json").write_text(json.dumps({"complete": True}))
+  task_lib.ClassificationTask(c.task).validate()
+
+
 def test_entry_reports_bad_input_and_exits(records, tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "noisy_student.train", f"--model_dir={tmp_path}",
