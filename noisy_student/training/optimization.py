@@ -240,3 +240,24 @@ class ExponentialMovingAverage:
     tf.__internal__.distribute.interim.maybe_merge_call(
         apply, tf.distribute.get_strategy(), values, decay)
     return decay
+
+
+def skip_non_finite_together(grads: list) -> list:
+  """In replica context, before a LossScaleOptimizer applies this replica's gradients:
+  if any replica's are non-finite, every replica's become NaN.
+
+  Keras decides whether to skip a float16 step from replica 0's gradients (or, where the
+  strategy needs no merge call, from each replica's own), assuming they are already
+  all-reduced; they are not yet, so an overflow on another replica would be summed into
+  the update. With this, every replica sees the overflow, the step is skipped everywhere
+  and the loss scale drops.
+  """
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return grads
+  dense = [g for g in grads if g is not None]
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in dense])
+  overflowed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+  everywhere = tf.equal(overflowed, 0.0)
+  return [None if g is None else tf.where(everywhere, g, tf.constant(float("nan"), g.dtype))
+          for g in grads]

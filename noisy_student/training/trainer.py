@@ -351,6 +351,8 @@ class Trainer:
       scaled = (self.optimizer.scale_loss(loss)
                 if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss)
     grads = tape.gradient(scaled, self.model.trainable_variables)
+    if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+      grads = optimization.skip_non_finite_together(grads)
     self.optimizer.apply(grads, self.model.trainable_variables)
     if self.ema is not None:
       self.ema.update(self.global_step + 1)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -79,6 +80,23 @@ def test_without_ema_replicas_keep_one_set_of_bn_statistics(tmp_path):
   r = _result(proc.stdout)
   assert r["count"] == 2 and r["moved"] > 1e-2
   assert r["replica_difference"] == 0.0
+
+
+def test_float16_overflow_on_one_replica_skips_the_step_everywhere():
+  """Keras checks replica 0's gradients before they are summed, so an overflow on
+  replica 1 alone is applied (the weights become inf); the trainer makes every replica
+  see it: the step is skipped, the loss scale halves, and the next clean step applies."""
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "loss_scale_replicas.py")],
+                        capture_output=True, text=True, timeout=600, env=_env(), cwd=REPO)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  r = _result(proc.stdout)
+  alone, together = r["keras_alone"], r["together"]
+  assert not np.isfinite(alone["overflow"]["values"]).any()      # what it guards against
+  assert together["overflow"] == {"values": [[1.0] * 3] * 2,
+                                  "scale": together["scale_before"] / 2}
+  # Then the summed gradient 2, unscaled by the halved scale, at learning rate 0.1.
+  expected = 1.0 - 0.1 * 2.0 / (together["scale_before"] / 2)
+  np.testing.assert_allclose(together["clean"]["values"], [[expected] * 3] * 2, rtol=1e-6)
 
 
 def _free_ports(n):
