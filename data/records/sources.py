@@ -297,6 +297,12 @@ def _folder_listing(root: str) -> tuple[list[str] | None, Iterator[tuple[str, in
   classes, files = _list_dir(root)
   if not classes and not files:
     raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
+  if classes and files:  # Neither a class nor unlabeled: they would be left out unseen.
+    raise ValueError(
+        f"{root!r} holds class folders ({', '.join(classes[:3])}"
+        f"{', ...' if len(classes) > 3 else ''}) and {len(files)} image(s) beside them "
+        f"({', '.join(files[:3])}{', ...' if len(files) > 3 else ''}): move the images into "
+        "their class folder, or into a folder of their own")
   if classes:
     pairs = ((f, c) for c, d in enumerate(classes)
              for f in iter_images(os.path.join(root, d)))
@@ -314,7 +320,7 @@ def folder_images(root: str) -> tuple[list[str], list[int], list[str] | None]:
 
   Raises:
     FileNotFoundError: no folder at `root`.
-    ValueError: no images.
+    ValueError: no images; images directly in a root that has class folders.
   """
   classes, pairs = _folder_listing(root)
   pairs = list(pairs)

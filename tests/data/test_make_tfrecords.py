@@ -280,6 +280,10 @@ def test_folder_images_is_the_one_class_folder_listing(class_folder, tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no images"):
     sources.folder_images(str(tmp_path / "empty"))
+  (class_folder / "stray.jpg").write_bytes(b"")  # Beside the class folders: no class.
+  with pytest.raises(ValueError, match=r"pets' holds class folders \(cat, dog\) and 1 "
+                     r"image\(s\) beside them \(stray.jpg\)"):
+    sources.folder_images(str(class_folder))
 
 
 def test_flat_folder_is_unlabeled_and_stale_shards_go(tmp_path):
