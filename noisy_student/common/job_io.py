@@ -36,7 +36,23 @@ import tensorflow as tf
 from data import fileio
 
 STALE_AFTER_SECONDS = 3600
-_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _process_space() -> str:
+  """This machine's name, and on Linux its PID namespace and boot: a pid is checked for
+  life only where it means the same process (containers that share a host name have
+  PID namespaces of their own, and a reboot reuses pids)."""
+  parts = [socket.gethostname()]
+  try:
+    parts.append(os.readlink("/proc/self/ns/pid"))
+    with open("/proc/sys/kernel/random/boot_id") as f:
+      parts.append(f.read().strip())
+  except OSError:
+    pass  # Not Linux: the host name alone.
+  return "|".join(parts)
+
+
+_HOST = hashlib.sha1(_process_space().encode()).hexdigest()[:8]
 
 
 # --------------------------------------------------------------------------- temporaries

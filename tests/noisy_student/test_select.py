@@ -438,6 +438,21 @@ def test_empty_selection_is_an_error(tmp_path):
     _run(none, tmp_path / "s", k=1)                     # x = 0.1 for each of the 10
 
 
+def test_same_host_name_in_another_pid_namespace_is_judged_by_age(tmp_path):
+  """A container sharing this host name has pids of its own: its live job's temporary
+  must not be taken for a dead one here (the owner tag hashes the PID namespace and the
+  boot too), so it goes only once it is older than STALE_AFTER_SECONDS."""
+  import hashlib
+  import socket
+  assert os.readlink("/proc/self/ns/pid") in job_io._process_space()  # noqa: SLF001
+  name_only = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+  assert job_io.owner_tag().split(".")[0] != name_only
+  other = tmp_path / f"{fileio.TMP_MARK}{name_only}.{_dead_pid()}.0a1b2c3d-selection.json"
+  other.write_text("{}")
+  assert not job_io.is_stale(str(other))
+  assert job_io.is_stale(str(other), now=time.time() + job_io.STALE_AFTER_SECONDS + 1)
+
+
 def test_killed_runs_temporaries_are_removed_and_live_ones_kept(predictions, tmp_path):
   pred, _ = predictions
   out = tmp_path / "sel"
