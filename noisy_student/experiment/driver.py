@@ -127,10 +127,12 @@ class StageRunner:
     A marker from before a flag was renamed, or from a driver that wrote its flags in
     another order, holds another key for the same settings: its recorded commands are
     parsed again (renamed flags are aliases) and keyed as today. Only when none of the
-    stages it reads from ran again now: then their outputs are the ones it read.
+    stages it reads from ran again since it finished, in this driver or an earlier one
+    that stopped before reaching it: then their outputs are the ones it read.
     """
     marker = self.marker(stage.name)
-    if not marker.get("commands") or any(n in self.ran for n in stage.inputs):
+    if (not marker.get("commands") or any(n in self.ran for n in stage.inputs)
+        or self._an_input_finished_after(stage, marker)):
       return None
     recorded = tuple(tuple(shlex.split(c)[2:]) for c in marker["commands"])
     # The marker's workdir, else (no workdir, or one that drivers before 6a87fb9 wrote on
@@ -142,6 +144,16 @@ class StageRunner:
       except Exception:  # A recorded flag that no longer parses: the settings differ.
         return None
     return None
+
+  def _an_input_finished_after(self, stage: Stage, marker: dict) -> bool:
+    """Whether a stage `stage` reads from finished (ran again) after `marker`'s run.
+
+    Markers record when they finished (ISO time, to the second; kept on rekeying); a
+    marker without the time cannot tell, and counts as read from its inputs.
+    """
+    finished = marker.get("finished")
+    return bool(finished) and any(
+        (self.marker(n).get("finished") or "") > finished for n in stage.inputs)
 
   def run(self, stage: Stage) -> bool:
     """Runs `stage` unless it finished with the same key. Returns True if it ran now."""

@@ -266,6 +266,31 @@ def test_a_rerun_input_means_the_recorded_settings_do_not_count(tmp_path):
   assert not runner._same_settings_as_recorded(stage, key)
 
 
+def test_an_input_rerun_by_an_earlier_driver_means_the_recorded_settings_do_not_count(
+    tmp_path):
+  """A driver reran the teacher, then stopped before labelling: the next driver must not
+  take the old labels (made by the old teacher) as done, though their commands match."""
+  from data import fileio
+  runner = driver.StageRunner(str(tmp_path / "new"))
+  w = runner.workdir
+  args = (f"--predictions_dir={w}/p", f"--output_dir={w}/s", "--images_per_class=5")
+  stage = driver.Stage("select", (("noisy_student.select",) + args,), inputs=("label",),
+                       outputs=(f"{w}/s",))
+  _old_marker(runner, stage.name, [stage.commands[0]])
+  _old_marker(runner, "label", [])
+  runner.keys["label"] = "k"
+  key = runner.keys[stage.name] = runner.key(stage)
+  for label_finished, select_finished, same in (
+      ("2026-11-30T10:00:00", "2026-11-30T11:00:00", True),    # read the label it has
+      ("2026-11-30T12:00:00", "2026-11-30T11:00:00", False),   # label ran again after
+      ("2026-11-30T12:00:00", None, True)):                    # an old marker: unknown
+    for name, finished in (("label", label_finished), (stage.name, select_finished)):
+      marker = {k: v for k, v in runner.marker(name).items() if k != "finished"}
+      fileio.write_json_atomic(runner.marker_path(name),
+                               dict(marker, **({"finished": finished} if finished else {})))
+    assert bool(runner._same_settings_as_recorded(stage, key)) == same, label_finished
+
+
 def test_operational_settings_do_not_change_a_stage_key(runner):
   """Checkpointing or logging more often resumes a stage instead of rerunning it."""
   w = runner.workdir
