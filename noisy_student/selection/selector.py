@@ -108,11 +108,17 @@ def check_complete(files) -> None:
   other tools) pass.
   """
   for directory in sorted({os.path.dirname(f) for f in files}):
-    path = os.path.join(directory, SUMMARY)
-    if tf.io.gfile.exists(path) and not fileio.read_json(path).get("complete"):
-      raise ValueError(f"{path}: the selection in {directory} is not complete (shards "
+    summary = _read_summary(directory)
+    if summary is not None and not summary.get("complete"):
+      raise ValueError(f"{os.path.join(directory, SUMMARY)}: the selection in {directory} is not complete (shards "
                        "still running, or one failed): finish noisy_student.select there "
                        "before training on its files")
+
+
+def _read_summary(directory: str) -> dict | None:
+  """The directory's selection.json, or None if it has none."""
+  path = os.path.join(directory, SUMMARY)
+  return fileio.read_json(path) if tf.io.gfile.exists(path) else None
 
 
 def select_stats_name(shard_index: int, num_shards: int) -> str:
@@ -574,14 +580,17 @@ def run_selection(job: SelectJob, config: SelectionConfig, *, shard_files) -> di
   job_io.remove_stale_temporaries(job.output_dir)   # A killed run's leftovers.
   identity = _identity(job, config, stats)
   _check_output_dir(job, identity)
-  summary = _write_summary(job, plan, stats, None)
+  # A finished selection (same settings: checked above) keeps its actual counts.
+  summary = _read_summary(job.output_dir)
+  if not (summary and summary.get("complete")):
+    summary = _write_summary(job, plan, stats, None)
   if plan.count_kept.sum() == 0:
     raise EmptySelectionError(
         f"empty selection: 0 of {int(plan.count_before.sum()):,} predictions reach "
         f"min_threshold {config.min_threshold}; the plan is in "
         f"{os.path.join(job.output_dir, SUMMARY)}")
-  if job.plan_only:  # After the last shard: the summary with the actual counts again.
-    return _maybe_complete(job, plan, stats)
+  if job.plan_only:
+    return summary
   marker = os.path.join(job.output_dir, select_stats_name(job.shard_index, job.num_shards))
   if tf.io.gfile.exists(marker):
     done = fileio.read_json(marker)
