@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from data import cli
 from data import fileio
+from data.robustness import perturbations as perturb
 
 flags.DEFINE_bool("mean", True, "Add a mean +- sd row.")
 flags.DEFINE_enum("split", "test", ["test", "dev"],
@@ -200,31 +201,56 @@ def robustness_row(workdir: str, model: str) -> dict[str, float | None]:
   return values
 
 
+def sequences_version(workdir: str, model: str) -> int:
+  """The perturbation sequences' version a model's flip rates were measured on (results
+  from before the field are version 1)."""
+  path = os.path.join(workdir, "robustness", model, "perturbations", "results.json")
+  return fileio.read_json(path).get("sequences", 1)
+
+
+FLIP_COLUMNS = ("flip prob. %", "mFR")
+
+
 def _robust_cell(column: str, x: float | None) -> str:
   if x is None:
     return "-"
   return f"{x:.2f}" if column.startswith(("corruption", "flip")) else f"{x:.1f}"
 
 
+def _outdated(column: str, versions: list[int]) -> str:
+  """A flip-rate cell's mark when its sequences are not this code's: those numbers are
+  not comparable with ones measured now (data/robustness/perturbations.py)."""
+  old = sorted({v for v in versions if v != perturb.SEQUENCES_VERSION})
+  if column not in FLIP_COLUMNS or not old:
+    return ""
+  return " (seq. " + ", ".join(f"v{v}" for v in old) + ")"
+
+
 def robustness_table(workdirs: list[str], mean: bool = True) -> str:
-  """The robustness suites of each workdir's teacher, control and student, a row each."""
-  rows = [(w, m, robustness_row(w, m)) for w in workdirs for m in ROBUST_MODELS]
+  """The robustness suites of each workdir's teacher, control and student, a row each.
+
+  Flip rates measured on an earlier version of the perturbation sequences carry that
+  version, e.g. "2.73 (seq. v1)"."""
+  rows = [(w, m, robustness_row(w, m), sequences_version(w, m))
+          for w in workdirs for m in ROBUST_MODELS]
   columns = list(rows[0][2])
   lines = ["| workdir | model | " + " | ".join(columns) + " |",
            "|---" * (len(columns) + 2) + "|"]
-  for w, m, values in rows:
-    lines.append(f"| {w} | {m} | "
-                 + " | ".join(_robust_cell(c, values[c]) for c in columns) + " |")
+  for w, m, values, version in rows:
+    lines.append(f"| {w} | {m} | " + " | ".join(
+        _robust_cell(c, values[c]) + (_outdated(c, [version]) if values[c] is not None
+                                      else "") for c in columns) + " |")
   if mean and len(workdirs) > 1:
     for m in ROBUST_MODELS:
       cells = []
+      versions = [v for _, model, _, v in rows if model == m]
       for c in columns:
-        xs = [v[c] for _, model, v in rows if model == m]
+        xs = [v[c] for _, model, v, _ in rows if model == m]
         if None in xs:
           cells.append("-")
           continue
         mu, sd = _mean_sd(xs)
-        cells.append(f"{_robust_cell(c, mu)} ± {_robust_cell(c, sd)}")
+        cells.append(f"{_robust_cell(c, mu)} ± {_robust_cell(c, sd)}{_outdated(c, versions)}")
       lines.append(f"| mean ± sd | {m} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

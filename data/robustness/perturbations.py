@@ -8,14 +8,14 @@ it runs inside `tf.data` on the model-sized eval image:
 
 | name | frames | rule (robustness.flip_probability) |
 |---|---|---|
-| gaussian_noise | independent draws, sigma 0.05 (of 255) on every frame | vs first frame |
-| shot_noise | independent Poisson draws, 60 photons at full scale | vs first frame |
+| gaussian_noise | frame 0 clean, then independent draws, sigma 0.05 of full scale | vs first frame |
+| shot_noise | frame 0 clean, then independent Poisson draws, 60 photons at full scale | vs first frame |
 | motion_blur | blur length 0 -> size/10 px along a random direction | vs previous |
 | zoom_blur | zoom-blur extent 1 -> 1.2 | vs previous |
 | brightness | HSV value -0.2 -> +0.2 | vs previous |
 | translate | shift of size/4 px in total along a random direction (sub-pixel) | vs previous |
 | rotate | -15 -> +15 degrees about the centre | vs previous |
-| tilt | -15 -> +15 degrees of 3D rotation about a random in-plane axis | vs previous |
+| tilt | the image plane turned -15 -> +15 degrees in 3D about a random axis through its centre | vs previous |
 | scale | zoom 0.8 -> 1.25 (geometric) about the centre | vs previous |
 | snow | a fixed field of 1-px flakes (6% of pixels, streaked 2 px) falls half the image height over a whitened image | vs previous |
 
@@ -28,6 +28,13 @@ Magnitudes are fixed per sequence end to end, so more frames give smaller steps 
 frames (and lower flip probabilities): compare models only at the same `num_frames`.
 Frames are rounded to integer pixel values (ImageNet-P stores videos of uint8 frames).
 Geometric frames fill outside the image by reflection (`fill_mode`).
+
+As in ImageNet-P's generator (`ImageNet-P/create_p/make_imagenet_p.py` in
+hendrycks/robustness), a noise sequence starts with the clean image, so the first-frame
+rule counts how often a noisy copy changes the clean prediction, and `tilt` turns the
+image plane about its centre, seen from a camera at the image diagonal's distance (the
+centre stays put). `SEQUENCES_VERSION` numbers these definitions: flip rates of results
+made with different versions are not compared.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "sn
                  "brightness", "translate", "rotate", "tilt", "scale")
 NOISE = ("gaussian_noise", "shot_noise")
 DEFAULT_NUM_FRAMES = 31  # as ImageNet-P's videos
+# 1: noise sequences noisy from frame 0 and tilt as a camera rotation (centre moved);
+# 2: clean noise frame 0, tilt about the image centre.
+SEQUENCES_VERSION = 2
 
 GAUSSIAN_SIGMA = 0.05
 SHOT_PHOTONS = 60.0
@@ -90,23 +100,34 @@ def affine_about_centre(a, b, c, d, tx, ty, height, width) -> tf.Tensor:
 
 
 def tilt_homography(angle, axis, height, width) -> tf.Tensor:
-  """[n, 3, 3] maps of a camera rotated by `angle` about the in-plane axis `axis`.
+  """[n, 3, 3] output->input maps of the image plane turned by `angle` in 3D.
 
-  H = K R K^-1 with focal length max(h, w) (a ~53 degree field of view) and R the
-  rotation by `angle` (radians, [n]) about the unit vector (cos axis, sin axis, 0).
+  The plane turns about the unit axis (cos axis, sin axis, 0) through its centre and is
+  seen by a pinhole camera at distance f = the image diagonal on the optical axis (as
+  ImageNet-P's tilt). A plane point (X, Y) (pixels from the centre) lands at
+  K (X r1 + Y r2 + (0, 0, f)) with r1, r2 the first two columns of the rotation R and
+  K = [[f, 0, cx], [0, f, cy], [0, 0, 1]]: the forward map is K [r1 r2 t] C^-1 with C the
+  shift to the centre; the returned map is its inverse, scaled to end in 1. angle:
+  radians, [n].
   """
   cx, cy = _centre(height, width)
-  f = tf.cast(tf.maximum(height, width), tf.float32)
+  h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  f = tf.sqrt(h * h + w * w)
   k = tf.stack([tf.stack([f, 0.0, cx]), tf.stack([0.0, f, cy]), tf.constant([0.0, 0.0, 1.0])])
+  from_centre = tf.stack([tf.stack([1.0, 0.0, -cx]), tf.stack([0.0, 1.0, -cy]),
+                          tf.constant([0.0, 0.0, 1.0])])
   ux, uy = tf.cos(axis), tf.sin(axis)
   cos, sin = tf.cos(angle), tf.sin(angle)
   one_c = 1 - cos
-  # Rodrigues' formula for the axis (ux, uy, 0).
-  r = tf.stack([
-      tf.stack([cos + ux * ux * one_c, ux * uy * one_c, uy * sin], -1),
-      tf.stack([ux * uy * one_c, cos + uy * uy * one_c, -ux * sin], -1),
-      tf.stack([-uy * sin, ux * sin, cos], -1)], 1)
-  return k[None] @ r @ tf.linalg.inv(k)[None]
+  # Columns 1 and 2 of Rodrigues' rotation about (ux, uy, 0), then the plane's offset f.
+  fz = tf.fill(tf.shape(angle), f)
+  zero = tf.zeros_like(angle)
+  plane = tf.stack([
+      tf.stack([cos + ux * ux * one_c, ux * uy * one_c, zero], -1),
+      tf.stack([ux * uy * one_c, cos + uy * uy * one_c, zero], -1),
+      tf.stack([-uy * sin, ux * sin, fz], -1)], 1)
+  backward = tf.linalg.inv(k[None] @ plane @ from_centre[None])
+  return backward / backward[:, 2:3, 2:3]
 
 
 def warp(images: tf.Tensor, matrices: tf.Tensor, fill_mode: str = "reflect") -> tf.Tensor:
@@ -129,19 +150,24 @@ def warp(images: tf.Tensor, matrices: tf.Tensor, fill_mode: str = "reflect") -> 
 # ------------------------------------------------------------------------ the frames
 
 
+def _after_clean(image, noisy):
+  """The clean image, then the noisy frames (ImageNet-P's noise videos start clean)."""
+  return tf.concat([image[None], noisy], 0)
+
+
 def _gaussian_noise(image, num_frames, seed, **_):
-  seeds = _frame_seeds(seed, num_frames)
+  seeds = _frame_seeds(seed, num_frames - 1)
   noise = tf.map_fn(lambda s: tf.random.stateless_normal(tf.shape(image), s),
                     seeds, fn_output_signature=tf.float32)
-  return image[None] + noise * (GAUSSIAN_SIGMA * 255.0)
+  return _after_clean(image, image[None] + noise * (GAUSSIAN_SIGMA * 255.0))
 
 
 def _shot_noise(image, num_frames, seed, **_):
-  seeds = _frame_seeds(seed, num_frames)
+  seeds = _frame_seeds(seed, num_frames - 1)
   lam = image / 255.0 * SHOT_PHOTONS
   counts = tf.map_fn(lambda s: tf.random.stateless_poisson(tf.shape(image), s, lam, dtype=tf.float32),
                      seeds, fn_output_signature=tf.float32)
-  return counts / SHOT_PHOTONS * 255.0
+  return _after_clean(image, counts / SHOT_PHOTONS * 255.0)
 
 
 def _blurred(image, matrices, num_frames, fill_mode):

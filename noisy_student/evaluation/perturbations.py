@@ -28,6 +28,12 @@ def baseline(config, num_classes: int) -> dict | None:
   """The baseline model's perturbation results, checked to use the same sequences."""
   base = baselines.normalising_baseline(config, num_classes, "perturbations")
   if base is not None:
+    made_with = base.get("sequences", 1)  # results before the field were version 1
+    if made_with != perturb.SEQUENCES_VERSION:
+      raise ValueError(f"baseline results {config.baseline_results} were made with "
+                       f"perturbation sequences version {made_with}, this code makes "
+                       f"version {perturb.SEQUENCES_VERSION} (data/robustness/perturbations.py): "
+                       "rerun the baseline's perturbations suite")
     for key in SEQUENCE_SETTINGS:
       if base.get(key) != getattr(config, key):
         raise ValueError(f"baseline results used {key}={base.get(key)!r}, this run "
@@ -90,7 +96,8 @@ def compute(ev, base: dict | None) -> dict:
     t5d[name] = rb.top5_distance_mean(top5, noise=noise)
     frame_acc[name] = float(np.mean(top1 == labels[:, None]))
     print(f"  {name}: flip probability {outputs.pct(fp[name])}%", flush=True)
-  results = {"num_frames": c.num_frames, "seed": c.seed, "fill_mode": c.fill_mode,
+  results = {"sequences": perturb.SEQUENCES_VERSION,
+             "num_frames": c.num_frames, "seed": c.seed, "fill_mode": c.fill_mode,
              "count": int(len(labels)) if c.perturbations else 0,
              "rule": {p: "first frame" if rb.is_noise_perturbation(p) else "previous frame"
                       for p in c.perturbations},

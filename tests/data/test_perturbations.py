@@ -33,6 +33,28 @@ def test_tilt_by_zero_is_the_identity():
   np.testing.assert_allclose(h, np.tile(np.eye(3), (2, 1, 1)), atol=1e-5)
 
 
+def test_tilt_turns_the_image_plane_about_its_centre():
+  """Against an independent construction: rotate each plane point in 3D with scipy,
+  move it to the camera's distance (the image diagonal) and project it."""
+  from scipy.spatial.transform import Rotation
+  height, width, axis = 24, 32, 0.7
+  cx, cy, f = (width - 1) / 2, (height - 1) / 2, np.hypot(height, width)
+  angles = np.radians([-15.0, 4.0, 15.0])
+  maps = P.tilt_homography(tf.constant(angles, tf.float32), axis, height, width).numpy()
+  for angle, back in zip(angles, maps):
+    turn = Rotation.from_rotvec(angle * np.array([np.cos(axis), np.sin(axis), 0.0]))
+    for x, y in [(0, 0), (31, 23), (5, 17), (cx, cy)]:
+      point = turn.apply([x - cx, y - cy, 0.0]) + [0.0, 0.0, f]
+      seen = [f * point[0] / point[2] + cx, f * point[1] / point[2] + cy, 1.0]
+      source = back @ seen
+      np.testing.assert_allclose(source[:2] / source[2], [x, y], atol=1e-3)
+  # The centre stays put; at 15 degrees a corner moves by a fraction of a pixel.
+  centre = maps[2] @ [cx, cy, 1.0]
+  np.testing.assert_allclose(centre[:2] / centre[2], [cx, cy], atol=1e-4)
+  corner = maps[2] @ [0.0, 0.0, 1.0]
+  assert 0.1 < np.hypot(*(corner[:2] / corner[2])) < 1.0
+
+
 @pytest.mark.parametrize("name", P.PERTURBATIONS)
 def test_sequence_shapes_range_and_determinism(name):
   image = _image()
@@ -63,13 +85,17 @@ def test_blur_sweeps_start_at_the_clean_image_and_grow(name):
 
 
 @pytest.mark.parametrize("name", P.NOISE)
-def test_noise_frames_are_independent_draws_around_the_image(name):
-  image = np.full((32, 32, 3), 128.0, np.float32)
-  frames = P.perturbation_sequence(image, name, num_frames=4, seed=(5, 6)).numpy()
-  assert all(np.abs(frames[i] - frames[j]).mean() > 1 for i in range(4) for j in range(i))
-  assert abs(frames.mean() - 128.0) < 2.0
-  other = P.perturbation_sequence(image, name, num_frames=4, seed=(5, 7)).numpy()
-  assert np.abs(other - frames).mean() > 1
+def test_noise_starts_clean_then_independent_draws_around_the_image(name):
+  image = _image()
+  frames = P.perturbation_sequence(image, name, num_frames=5, seed=(5, 6)).numpy()
+  # Frame 0 is the clean image (ImageNet-P's noise videos start clean: the first-frame
+  # rule compares each noisy copy with it).
+  np.testing.assert_array_equal(frames[0], image)
+  assert all(np.abs(frames[i] - frames[j]).mean() > 1 for i in range(5) for j in range(i))
+  assert abs(frames[1:].mean() - image.mean()) < 2.0
+  other = P.perturbation_sequence(image, name, num_frames=5, seed=(5, 7)).numpy()
+  np.testing.assert_array_equal(other[0], image)
+  assert np.abs(other[1:] - frames[1:]).mean() > 1
 
 
 def test_sequences_inside_dataset_map_match_eager():

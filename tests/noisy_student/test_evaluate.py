@@ -181,6 +181,15 @@ def test_perturbations_with_baseline(setup):
   assert second["mfr"] == pytest.approx(100.0)
   with pytest.raises(ValueError, match="num_frames"):
     run(setup, "p_bad", *common[:2], "--num_frames=4", f"--baseline_results={baseline}")
+  # Results from an earlier definition of the sequences (no "sequences" field: version 1)
+  # are not a baseline for this one.
+  assert first["sequences"] == 2
+  old = dict(first)
+  del old["sequences"]
+  old_path = setup["root"] / "p_old.json"
+  old_path.write_text(json.dumps(old))
+  with pytest.raises(ValueError, match="version 1.*version 2"):
+    run(setup, "p_bad_version", *common, f"--baseline_results={old_path}")
 
 
 def test_adversarial(setup):

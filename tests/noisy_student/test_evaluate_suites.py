@@ -20,7 +20,7 @@ KEYS = {
                     "severities", "skipped_by_source", "top5_errors"},
     "perturbations": {"count", "fill_mode", "flip_probability", "frame_accuracy",
                       "mean_flip_probability", "normalization", "num_frames", "rule",
-                      "seed", "top5_distance"},
+                      "seed", "sequences", "top5_distance"},
     "adversarial": {"accuracy", "count", "epsilons", "pgd", "top5", "units"},
 }
 WITH_BASELINE = {

@@ -162,9 +162,10 @@ def test_the_last_students_control_is_found_from_the_report(tmp_path):
   assert report.last_control_dir(str(w)) == str(w / "iter2" / "control")
 
 
-def _robustness(tmp_path, name, accuracies):
+def _robustness(tmp_path, name, accuracies, sequences=2):
   """A workdir whose `make robustness` results give each model the clean top-1 and attack
-  accuracy in `accuracies` (model -> fraction); the other numbers are fixed."""
+  accuracy in `accuracies` (model -> fraction); the other numbers are fixed. Flip rates
+  are on perturbation sequences of version `sequences` (None: results without the field)."""
   d = tmp_path / name
   for model, acc in accuracies.items():
     normalised = model != "teacher"
@@ -172,7 +173,8 @@ def _robustness(tmp_path, name, accuracies):
         "clean": {"top1": acc},
         "corruptions": {"mean_error": 0.25, "mce": 90.0 if normalised else None,
                         "relative_mce": 120.0 if normalised else None},
-        "perturbations": {"mean_flip_probability": 0.03, "mfr": 80.0 if normalised else None},
+        "perturbations": {"mean_flip_probability": 0.03, "mfr": 80.0 if normalised else None,
+                          **({} if sequences is None else {"sequences": sequences})},
         "adversarial": {"accuracy": {a: {e: acc / 2 for e in ("4", "8", "16")}
                                      for a in ("fgsm", "pgd")}},
     }
@@ -197,6 +199,19 @@ def test_robustness_table(tmp_path):
   assert lines[8].startswith("| mean ± sd | teacher | 81.0 ± 1.4 | 25.00 ± 0.00 | - | - |")
   assert lines[10].startswith("| mean ± sd | student | 85.0 ± 1.4 | 25.00 ± 0.00 | 90.0 ± 0.0 |")
   assert len(summarize.robustness_table([a], mean=True).splitlines()) == 5
+
+
+def test_robustness_table_marks_flip_rates_of_earlier_sequences(tmp_path):
+  """Flip rates from an earlier definition of the perturbation sequences (results without
+  a version are version 1) are marked, in the rows and in any mean they enter."""
+  a = _robustness(tmp_path, "a", {"teacher": 0.80, "control": 0.81, "student": 0.84}, None)
+  b = _robustness(tmp_path, "b", {"teacher": 0.82, "control": 0.83, "student": 0.86})
+  lines = summarize.robustness_table([a, b]).splitlines()
+  assert lines[4] == (f"| {a} | student | 84.0 | 25.00 | 90.0 | 120.0 | 3.00 (seq. v1) "
+                      "| 80.0 (seq. v1) | 42.0 | 42.0 | 42.0 | 42.0 |")
+  assert lines[2].split(" | ")[6:8] == ["3.00 (seq. v1)", "-"]  # no mFR: nothing to mark
+  assert " | 3.00 | 80.0 | " in lines[7]  # b's rows: this code's sequences
+  assert "| 3.00 ± 0.00 (seq. v1) | 80.0 ± 0.0 (seq. v1) |" in lines[10]
 
 
 def test_robustness_table_errors_name_the_file(tmp_path):
