@@ -313,8 +313,8 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
   label = tuple(_command("noisy_student.label", settings_lib.LabelSettings(
       teacher=teacher, unlabeled_pattern=c.data("unlabeled"),
       output_dir=predictions, shard_index=str(s), num_shards=c.label_shards,
-      num_classes=c.num_classes, noised=c.noised_teacher, strategy=c.strategy,
-      tpu=c.tpu))
+      num_classes=c.num_classes, label_offset=c.label_offset, noised=c.noised_teacher,
+      strategy=c.strategy, tpu=c.tpu))
       for s in range(c.label_shards))
   select = tuple(_command("noisy_student.select", settings_lib.SelectSettings(
       predictions_dir=predictions, output_dir=selected, min_threshold=c.min_threshold,

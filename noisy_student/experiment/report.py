@@ -36,20 +36,21 @@ def dev_accuracy(model_dir: str) -> float | None:
   return float(fileio.read_json(path)["top1"])
 
 
-def pseudo_label_stats(iteration_dir: str) -> dict:
+def pseudo_label_stats(iteration_dir: str, label_offset: int = 0) -> dict:
   """Pseudo-labeled images used (after filtering and balancing, with copies) and how
-  many of the teacher's pseudo labels were right, from the hidden labels of the split."""
+  many of the teacher's pseudo labels were right, from the hidden labels of the split
+  (stored as the labels were: `label_offset` is subtracted, as the trainer does)."""
   stats = {}
   selection = os.path.join(iteration_dir, "selected", "selection.json")
   if tf.io.gfile.exists(selection):
     stats["num_pseudo_labeled"] = fileio.read_json(selection).get("total_written")
   predictions = tf.io.gfile.glob(os.path.join(iteration_dir, "predictions", "*.tfrecord"))
   if predictions:
-    stats["pseudo_label_accuracy"] = _pseudo_label_accuracy(predictions)
+    stats["pseudo_label_accuracy"] = _pseudo_label_accuracy(predictions, label_offset)
   return stats
 
 
-def _pseudo_label_accuracy(files: list[str]) -> float | None:
+def _pseudo_label_accuracy(files: list[str], label_offset: int) -> float | None:
   import tensorflow as tf  # Only here: the rest of the report needs no TensorFlow.
   spec = {schema.PSEUDO_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
           schema.HIDDEN_LABEL: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
@@ -58,7 +59,8 @@ def _pseudo_label_accuracy(files: list[str]) -> float | None:
       lambda x: tf.io.parse_example(x, spec)):
     hidden = batch[schema.HIDDEN_LABEL].numpy()
     known = hidden >= 0
-    right += int((batch[schema.PSEUDO_LABEL].numpy()[known] == hidden[known]).sum())
+    right += int((batch[schema.PSEUDO_LABEL].numpy()[known]
+                  == hidden[known] - label_offset).sum())
     total += int(known.sum())
   return right / total if total else None
 
@@ -97,7 +99,7 @@ def collect(c: iterate.ExperimentConfig) -> dict:
       # Shared by the iterations whose student has the same model and noise.
       item["control_dir"] = f"iter{c.control_iteration(i)}/control"
       item["control_dev_accuracy"] = dev_accuracy(c.control_dir(i))
-    item.update(pseudo_label_stats(c.path(f"iter{i}")))
+    item.update(pseudo_label_stats(c.path(f"iter{i}"), c.label_offset))
     iterations.append(item)
   report = {
       "baseline_accuracy": baseline,

@@ -224,3 +224,26 @@ def test_robustness_table_errors_name_the_file(tmp_path):
     json.dump({"accuracy": {"fgsm": {"8": 0.5}, "pgd": {"4": 0.5, "8": 0.5}}}, f)
   with pytest.raises(ValueError, match="no fgsm at epsilon 16"):
     summarize.robustness_table([b])
+
+
+def test_pseudo_label_accuracy_subtracts_the_label_offset(tmp_path):
+  """Hidden labels keep the stored labels' base (1-based ImageNet TPU files): the report
+  compares them with the 0-based pseudo labels after subtracting --label_offset."""
+  import tensorflow as tf
+
+  from data.records import schema
+  from noisy_student.experiment import report
+  (tmp_path / "predictions").mkdir()
+  rows = [(0, 1), (2, 3), (1, 1), (4, -1)]  # (pseudo, stored hidden); -1: none
+  with tf.io.TFRecordWriter(str(tmp_path / "predictions" / "p-0.tfrecord")) as w:
+    for pseudo, hidden in rows:
+      features = {schema.PSEUDO_LABEL: tf.train.Feature(int64_list=tf.train.Int64List(
+          value=[pseudo]))}
+      if hidden >= 0:
+        features[schema.HIDDEN_LABEL] = tf.train.Feature(
+            int64_list=tf.train.Int64List(value=[hidden]))
+      w.write(tf.train.Example(features=tf.train.Features(feature=features))
+              .SerializeToString())
+  # 1-based: pseudo 0 = stored 1, pseudo 2 = stored 3 are right; pseudo 1 vs stored 1 not.
+  assert report.pseudo_label_stats(str(tmp_path), 1)["pseudo_label_accuracy"] == 2 / 3
+  assert report.pseudo_label_stats(str(tmp_path))["pseudo_label_accuracy"] == 1 / 3
