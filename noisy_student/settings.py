@@ -405,7 +405,9 @@ class ExperimentSettings:
       0, "Its images per step (0: --batch_size); the learning rate scales with it as "
       "the trainer's does, and its schedule stretches to its length.")
   extra_train_flags: tuple[str, ...] = setting((), "More flags for every "
-                                               "noisy_student.train run.")
+                                               "noisy_student.train run (the all-labels "
+                                               "bound's warmup and decay periods are "
+                                               "stretched from the teacher's).")
   print_only: bool = setting(False, "Print the stage commands and exit.")
   results_dir: str | None = setting(
       None, "Also copy report.{json,md,png} here when the run is complete, e.g. "

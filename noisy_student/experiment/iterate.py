@@ -35,9 +35,6 @@ from noisy_student import settings as settings_lib
 from noisy_student.experiment import driver
 
 FASHION_MNIST_TRAIN_IMAGES = 60000
-# noisy_student.train's defaults (official): schedule periods in labeled epochs.
-WARMUP_EPOCHS = config_flags.default(settings_lib.TrainSettings, "warmup_epochs")
-LR_DECAY_EPOCHS = config_flags.default(settings_lib.TrainSettings, "lr_decay_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,14 +219,22 @@ def _command(module: str, settings) -> tuple[str, ...]:
   return (module, *config_flags.to_args(settings))
 
 
-def _train_command(c: ExperimentConfig, settings: settings_lib.TrainSettings
-                   ) -> tuple[str, ...]:
-  """`python -m noisy_student.train` arguments of `settings` plus --extra_train_flags
-  (parsed here, so a mistyped one fails before any stage runs)."""
+def _with_extra_flags(c: ExperimentConfig, settings: settings_lib.TrainSettings
+                      ) -> settings_lib.TrainSettings:
+  """`settings` with --extra_train_flags applied (parsed here, so a mistyped one fails
+  before any stage runs)."""
+  if not c.extra_train_flags:
+    return settings
   args = config_flags.to_args(settings) + list(c.extra_train_flags)
-  if c.extra_train_flags:
-    args = config_flags.to_args(config_flags.parse_args(settings_lib.TrainSettings, args))
-  return ("noisy_student.train", *args)
+  return config_flags.parse_args(settings_lib.TrainSettings, args)
+
+
+def _train_command(c: ExperimentConfig, settings: settings_lib.TrainSettings,
+                   **derived) -> tuple[str, ...]:
+  """`python -m noisy_student.train` arguments of `settings` plus --extra_train_flags;
+  `derived` fields are computed from the result (so an extra flag cannot undo them)."""
+  settings = dataclasses.replace(_with_extra_flags(c, settings), **derived)
+  return ("noisy_student.train", *config_flags.to_args(settings))
 
 
 def _train_settings(c: ExperimentConfig, model_dir: str, model: ModelSpec,
@@ -291,16 +296,20 @@ def upper_bound_stages(c: ExperimentConfig) -> list[driver.Stage]:
   # num_train_images / num_labeled times longer on all the labels, so the periods are
   # scaled back to the teacher's, then stretched by the ratio of training images seen.
   # (Unstretched, the 0.97 decay every ~34 steps leaves a long bound no learning rate.)
+  # The periods are the teacher's as it trains, --extra_train_flags included (an extra
+  # --warmup_epochs is stretched too, not passed on as it is).
   steps = c.upper_bound_train_steps or c.student_train_steps
   batch = c.upper_bound_batch_size or c.batch_size
   stretch = steps * batch / (c.teacher_train_steps * c.batch_size)
   scale = c.num_labeled / c.num_train_images * stretch
+  teacher = _with_extra_flags(c, _train_settings(
+      c, c.model_dir(0), c.teacher, c.noise, c.teacher_train_steps, c.data("labeled")))
   bound = c.path("upper_bound")
   return [
       _train_stage("upper_bound/train", _train_command(c, _train_settings(
           c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
-          batch, warmup_epochs=float(f"{WARMUP_EPOCHS * scale:.6g}"),
-          lr_decay_epochs=float(f"{LR_DECAY_EPOCHS * scale:.6g}"))),
+          batch), warmup_epochs=float(f"{teacher.warmup_epochs * scale:.6g}"),
+          lr_decay_epochs=float(f"{teacher.lr_decay_epochs * scale:.6g}")),
           bound, ("data/records_train", "data/split")),
       _test_stage(c, "upper_bound/test", bound, "upper_bound/train"),
   ]

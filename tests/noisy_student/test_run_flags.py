@@ -102,13 +102,29 @@ def test_demo_abbreviates_the_headline():
   assert "--init_from" not in " ".join(headline)  # students start from scratch
 
 
-def test_driver_schedule_constants_are_the_trainers_defaults():
-  from absl import flags
-  from noisy_student.experiment import iterate
-  from noisy_student import train
-  fv = train.define_flags(flags.FlagValues())
-  assert fv["warmup_epochs"].default == iterate.WARMUP_EPOCHS
-  assert fv["lr_decay_epochs"].default == iterate.LR_DECAY_EPOCHS
+def test_the_all_labels_bound_stretches_the_teachers_schedule_extra_flags_included():
+  """The bound's warmup and decay periods are the teacher's, as it trains, scaled to the
+  bound's length: an extra --warmup_epochs reaches the bound stretched, not as given."""
+  from data import config_flags
+  from noisy_student import settings
+
+  def periods(*extra):
+    lines = _plan("--flagfile=flags/run/fashion_mnist_all_labels.flags", "--workdir=runs/x",
+                  *extra)
+    parse = lambda name: config_flags.parse_args(settings.TrainSettings, shlex.split(
+        next(l for l in lines if l.startswith(name + " ")))[4:])
+    teacher, bound = parse("iter0/teacher"), parse("upper_bound/train")
+    return (teacher.warmup_epochs, teacher.lr_decay_epochs,
+            bound.warmup_epochs, bound.lr_decay_epochs)
+
+  default = config_flags.default(settings.TrainSettings, "warmup_epochs")
+  t_warm, t_decay, b_warm, b_decay = periods()
+  assert t_warm == default and 0 < b_warm < t_warm
+  t_warm2, t_decay2, b_warm2, b_decay2 = periods(
+      "--extra_train_flags=--warmup_epochs=2,--lr_decay_epochs=1.2")
+  assert (t_warm2, t_decay2) == (2.0, 1.2)
+  assert b_warm2 == pytest.approx(b_warm * 2 / default, rel=1e-5)
+  assert b_decay2 == pytest.approx(b_decay * 1.2 / t_decay, rel=1e-5)
 
 
 def test_control_is_the_student_without_pseudo_labels():
