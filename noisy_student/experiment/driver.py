@@ -203,22 +203,41 @@ class StageRunner:
     return True
 
   def _run_many(self, stage: Stage) -> None:
-    """Runs the stage's jobs, `parallel` at a time, reporting their progress."""
+    """Runs the stage's jobs, `parallel` at a time, reporting their progress. A job
+    starts only when a slot is free and no job has failed, so the first failure ends the
+    stage once the jobs already running have ended (not hours later)."""
     latest: dict[int, str] = {}  # Job index -> its latest output line, while it runs.
     start, total, done = time.time(), len(stage.commands), 0
+    queue = list(enumerate(stage.commands))[::-1]
     with futures.ThreadPoolExecutor(max(1, stage.parallel)) as pool:
-      jobs = {pool.submit(self._run_one, stage.name, i, c, False, latest): i
-              for i, c in enumerate(stage.commands)}
-      pending, beat = set(jobs), start + self.heartbeat_seconds
-      while pending:
-        finished, pending = futures.wait(pending, timeout=max(0.0, beat - time.time()),
-                                         return_when=futures.FIRST_COMPLETED)
+      running: dict[futures.Future, int] = {}
+
+      def fill():
+        while queue and len(running) < max(1, stage.parallel):
+          i, command = queue.pop()
+          running[pool.submit(self._run_one, stage.name, i, command, False, latest)] = i
+
+      fill()
+      beat = start + self.heartbeat_seconds
+      while running:
+        finished, _ = futures.wait(running, timeout=max(0.0, beat - time.time()),
+                                   return_when=futures.FIRST_COMPLETED)
         for job in finished:
-          seconds = job.result()
+          index = running.pop(job)
+          try:
+            seconds = job.result()
+          except BaseException:
+            if queue:
+              print(f"[{stage.name}] {len(queue)} job(s) not started after job {index} "
+                    "failed", flush=True)
+            queue.clear()
+            futures.wait(running)
+            raise
           done += 1
-          print(f"[{stage.name}] job {jobs[job]} finished in {_duration(seconds)} "
+          print(f"[{stage.name}] job {index} finished in {_duration(seconds)} "
                 f"({done}/{total} done)", flush=True)
-        if pending and time.time() >= beat:
+        fill()
+        if running and time.time() >= beat:
           self._heartbeat(stage.name, done, total, time.time() - start, dict(latest))
           beat = time.time() + self.heartbeat_seconds
 

@@ -43,6 +43,17 @@ def test_parallel_commands_all_run(runner, tmp_path, capsys):
   assert all(l.startswith("[shards] job ") for l in finished)
 
 
+def test_a_failed_job_cancels_the_jobs_not_yet_started(runner, tmp_path, capsys):
+  out = str(tmp_path / "out.txt")
+  stage = driver.Stage("shards", ((FAKE, out, "fail"), (FAKE, out, "s1"), (FAKE, out, "s2")),
+                       parallel=1)
+  with pytest.raises(RuntimeError, match="stage shards failed"):
+    runner.run(stage)
+  assert open(out).read().split() == ["fail"]
+  assert "[shards] 2 job(s) not started after job 0 failed" in capsys.readouterr().out
+  assert not runner.is_done("shards")
+
+
 def test_a_multi_job_stage_reports_progress_while_it_runs(tmp_path, capsys):
   """Every heartbeat: jobs done so far, and each running job's latest output line."""
   runner = driver.StageRunner(str(tmp_path / "work"), env=dict(os.environ, PYTHONPATH=ROOT),
