@@ -48,7 +48,8 @@ PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "sn
 NOISE = ("gaussian_noise", "shot_noise")
 DEFAULT_NUM_FRAMES = 31  # as ImageNet-P's videos
 # 1: noise sequences noisy from frame 0 and tilt as a camera rotation (centre moved);
-# 2: clean noise frame 0, tilt about the image centre.
+# 2: clean noise frame 0, tilt about the image centre (and, in noisy_student.evaluate,
+# records without an id seeded by their position rather than all by "").
 SEQUENCES_VERSION = 2
 
 GAUSSIAN_SIGMA = 0.05

@@ -1,7 +1,8 @@
 """perturbations: ImageNet-P-style flip probability, top-5 distance, FR / mFR (Sec. 3.3).
 
 Sequences are built from the clean set (data.robustness.perturbations), deterministically per image
-id and --seed, so two models (a model and its baseline) see identical frames. Noise
+id (or, for a record without one, its position) and --seed, so two models (a model and
+its baseline) see identical frames. Noise
 perturbations compare every frame with the first, the others with the previous frame.
 AlexNet's ImageNet-P flip rates are not included: FR / mFR always need a baseline model.
 """
@@ -67,14 +68,26 @@ def _sequence_logits_fn(ev, name: str) -> Callable:
   return run
 
 
+def sequence_ids(ids: np.ndarray, position: int) -> np.ndarray:
+  """The ids that seed the sequences: a record's id, or, for a record without one,
+  "#<its position among the scored records>", so that records without ids do not all
+  share one seed (one noise pattern, one direction) and two models still see the same
+  frames."""
+  return np.array([i if len(i) else f"#{position + k}".encode() for k, i in enumerate(ids)],
+                  dtype=object)
+
+
 def perturbation_predictions(ev, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(top-1 [n, frames], top-5 [n, frames, 5], labels [n]) over the clean source."""
   c = ev.config
   fn = _sequence_logits_fn(ev, name)
   chunk = max(1, c.eval_batch_size // c.num_frames)
   top1, top5, labels = [], [], []
+  position = 0
   for batch in ev.batches(sources.clean_source(c)):
-    images, ids = batch["image"][batch["valid"]], batch["id"][batch["valid"]]
+    images = batch["image"][batch["valid"]]
+    ids = sequence_ids(batch["id"][batch["valid"]], position)
+    position += len(ids)
     for i in range(0, len(images), chunk):
       logits = fn(images[i:i + chunk], ids[i:i + chunk]).numpy()
       k, f = logits.shape[:2]

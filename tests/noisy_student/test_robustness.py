@@ -154,3 +154,16 @@ def test_accuracy_meter_masks_padding_and_counts_per_class():
   big = rb.AccuracyMeter(3, top_k=(1, 5))
   big.update(logits, [0, 2, 2, 1])
   assert big.result()["top5"] == 1.0
+
+
+def test_records_without_ids_get_distinct_sequence_seeds():
+  """A record's id seeds its perturbation sequence; records without one are numbered by
+  their position among the scored records, so they do not all share one seed."""
+  import tensorflow as tf
+
+  from data.robustness import perturbations as P
+  from noisy_student.evaluation import perturbations
+  ids = perturbations.sequence_ids(np.array([b"a", b"", b""], dtype=object), 5)
+  assert list(ids) == [b"a", b"#6", b"#7"]
+  seeds = {tuple(P.image_seed(tf.constant(i), 0).numpy()) for i in ids}
+  assert len(seeds) == 3
