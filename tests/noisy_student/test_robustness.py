@@ -167,3 +167,21 @@ def test_records_without_ids_get_distinct_sequence_seeds():
   assert list(ids) == [b"a", b"#6", b"#7"]
   seeds = {tuple(P.image_seed(tf.constant(i), 0).numpy()) for i in ids}
   assert len(seeds) == 3
+
+
+def test_a_baseline_with_a_null_number_is_refused_naming_file_and_field(tmp_path):
+  import json
+
+  from noisy_student.evaluation import baselines
+  path = tmp_path / "results.json"
+  results = {"suite": "perturbations", "flip_probability": {"rotate": 0.1, "tilt": None},
+             "top5_distance": {"rotate": 0.2, "tilt": 0.3}}
+  path.write_text(json.dumps(results))
+  with pytest.raises(ValueError, match=r"results.json has no number .* flip_probability.tilt"):
+    baselines.load_baseline(str(path), "perturbations")
+  results["flip_probability"]["tilt"] = 0.0
+  path.write_text(json.dumps(results))
+  assert baselines.load_baseline(str(path), "perturbations")["flip_probability"]["tilt"] == 0
+  path.write_text(json.dumps({"suite": "corruptions", "errors": {"fog": {"1": None}}}))
+  with pytest.raises(ValueError, match=r"errors.fog.1"):
+    baselines.load_baseline(str(path), "corruptions")
