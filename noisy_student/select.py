@@ -40,7 +40,7 @@ def main(argv):
   job = selector.SelectJob(
       predictions=s.predictions_dir, output_dir=s.output_dir, shard_index=shard_index,
       num_shards=s.num_shards, files_per_shard=s.num_output_shards,
-      shuffle_buffer=s.shuffle_buffer, plan_only=s.plan_only)
+      shuffle_buffer=s.shuffle_buffer, plan_only=s.plan_only, label_offset=s.label_offset)
   plan = selector.run_selection(job, config, shard_files=pipeline.shard_files)
   job_io.say(f"plan: {plan['total_before']:,} predictions -> {plan['total_kept']:,} kept "
              f"-> ~{plan['total_expected_after']:,.0f} expected; summary in "

@@ -266,6 +266,8 @@ class SelectSettings:
   shuffle_buffer: int = setting(10000, "Records held for the output shuffle (bounds "
                                 "memory).")
   plan_only: bool = setting(False, "Pass 1 only: write selection.json and selection.png.")
+  label_offset: int = setting(0, "Subtracted from the hidden labels, for samples.png's "
+                              "right/wrong frames only: 1 for ImageNet TPU TFRecords.")
 
   @property
   def balance(self) -> bool:

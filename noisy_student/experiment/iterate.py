@@ -328,7 +328,7 @@ def iteration_stages(c: ExperimentConfig, i: int) -> list[driver.Stage]:
   select = tuple(_command("noisy_student.select", settings_lib.SelectSettings(
       predictions_dir=predictions, output_dir=selected, min_threshold=c.min_threshold,
       images_per_class=c.images_per_class, seed=c.seed + i, shard_index=str(s),
-      num_shards=c.label_shards, balancing=c.balancing))
+      num_shards=c.label_shards, balancing=c.balancing, label_offset=c.label_offset))
       for s in range(c.label_shards))
   pseudo_labeled = dict(
       unlabeled_pattern=f"{selected}/*.tfrecord",

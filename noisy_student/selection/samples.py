@@ -54,8 +54,11 @@ def thumbnail(encoded: bytes, size: int = THUMB) -> np.ndarray | None:
 
 
 def read_samples(files: list[str], classes: list[int], *, per_class: int = PER_CLASS,
-                 max_records: int = MAX_RECORDS) -> dict[int, list[dict]]:
-  """Up to `per_class` distinct images of each of `classes`, in file order.
+                 max_records: int = MAX_RECORDS, label_offset: int = 0
+                 ) -> dict[int, list[dict]]:
+  """Up to `per_class` distinct images of each of `classes`, in file order. Hidden
+  labels are stored as the labels were; `label_offset` makes them 0-based like the
+  pseudo labels (1 for ImageNet TPU files).
 
   Returns:
     {class: [{"image": thumbnail or None, "confidence": float, "hidden_label": int}]};
@@ -73,7 +76,7 @@ def read_samples(files: list[str], classes: list[int], *, per_class: int = PER_C
         continue
       seen.add(key)
       rows[label].append({"image": thumbnail(encoded), "confidence": conf,
-                          "hidden_label": hidden})
+                          "hidden_label": hidden - label_offset if hidden >= 0 else -1})
       if len(rows[label]) >= per_class:
         missing.discard(label)
     read += len(batch[schema.PSEUDO_LABEL])
@@ -145,9 +148,10 @@ def plot_samples(rows: dict[int, list[dict]], path: str, *, num_classes: int,
 
 
 def write_samples(files: list[str], path: str, num_classes: int, *,
-                  per_class: int = PER_CLASS) -> list[int]:
+                  per_class: int = PER_CLASS, label_offset: int = 0) -> list[int]:
   """Reads samples of the selected `files` and writes samples.png; returns how many
   images each shown class got (in `shown_classes` order)."""
-  rows = read_samples(files, shown_classes(num_classes), per_class=per_class)
+  rows = read_samples(files, shown_classes(num_classes), per_class=per_class,
+                      label_offset=label_offset)
   plot_samples(rows, path, num_classes=num_classes, per_class=per_class)
   return [len(s) for s in rows.values()]

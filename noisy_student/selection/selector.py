@@ -549,6 +549,7 @@ class SelectJob:
   files_per_shard: int = 1
   shuffle_buffer: int = 10000
   plan_only: bool = False
+  label_offset: int = 0  # of the hidden labels, for samples.png's right/wrong frames
 
 
 def keys_file_name(shard_index: int, num_shards: int) -> str:
@@ -736,7 +737,8 @@ def _write_summary(job, plan, stats, shard_stats) -> dict:
     classes = samples.shown_classes(stats.num_classes)
     shown = samples.write_samples(
         [os.path.join(job.output_dir, f) for f in summary["output_files"]],
-        os.path.join(job.output_dir, "samples.png"), stats.num_classes)
+        os.path.join(job.output_dir, "samples.png"), stats.num_classes,
+        label_offset=job.label_offset)
     summary["samples_png"] = {"classes": classes, "images": shown}
   job_io.write_text_atomic(os.path.join(job.output_dir, SUMMARY),
                            job_io.dumps_compact(summary))

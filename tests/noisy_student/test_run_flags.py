@@ -206,6 +206,7 @@ def test_existing_records_replace_the_data_stages():
   assert "--label_offset=1" in text["iter2/student"]
   assert "--unlabeled_pattern=U/*" in text["iter1/label"]
   assert "--label_offset=1" in text["iter1/label"]
+  assert "--label_offset=1" in text["iter1/select"]
   assert "--eval_pattern=T/*" in text["iter2/student_test"]
   assert "--label_offset=1" in text["iter2/student_test"]
 

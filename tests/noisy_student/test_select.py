@@ -545,6 +545,17 @@ def test_samples_stop_reading_once_every_class_is_full(tmp_path):
         [str(tmp_path / "a.tfrecord"), str(tmp_path / "never-read.tfrecord")], [0, 2])
 
 
+def test_samples_hidden_labels_are_made_zero_based_by_the_label_offset(tmp_path):
+  """Hidden labels keep the stored labels' base; samples.png frames an image green when
+  its pseudo label equals the 0-based hidden label, so 1-based files need the offset."""
+  _write_images(tmp_path / "a.tfrecord", [(0, 0.9, 1), (1, 0.9, 1), (0, 0.9, -1)])
+  rows = samples.read_samples([str(tmp_path / "a.tfrecord")], [0, 1], label_offset=1)
+  assert [s["hidden_label"] for s in rows[0]] == [0, -1]  # -1 (none) stays -1
+  assert [s["hidden_label"] for s in rows[1]] == [0]
+  plain = samples.read_samples([str(tmp_path / "a.tfrecord")], [0, 1])
+  assert [s["hidden_label"] for s in plain[0]] == [1, -1]
+
+
 # --------------------------------------------------------------------------- the command
 
 
