@@ -94,7 +94,9 @@ robustness: $(STAMP)
 	    base=; \
 	    if [ -n "$$b" ] && [ $$suite != clean ]; then \
 	      base=--baseline_results=$$R/$$b/$$suite/results.json; fi; \
-	    test -f $$R/$$who/$$suite/results.json || $(PY) -m noisy_student.evaluate \
+	    $(PY) -c "import sys; from noisy_student.evaluation import outputs; \
+	      sys.exit(not outputs.up_to_date(sys.argv[1]))" $$R/$$who/$$suite/results.json \
+	      || $(PY) -m noisy_student.evaluate \
 	      --model=$$m --suite=$$suite --output_dir=$$R/$$who/$$suite \
 	      --eval_pattern="$$W/data/records/test-*" --max_examples=$(ROBUST_N) \
 	      --corruption_pattern="$$W/data/fmnist-c/{corruption}/{severity}/*.tfrecord" $$base; \

@@ -230,7 +230,7 @@ def robustness_table(workdirs: list[str], mean: bool = True) -> str:
   """The robustness suites of each workdir's teacher, control and student, a row each.
 
   Flip rates measured on an earlier version of the perturbation sequences carry that
-  version, e.g. "2.73 (seq. v1)"."""
+  version, e.g. "2.73 (seq. v1)"; they are not averaged with another version's."""
   rows = [(w, m, robustness_row(w, m), sequences_version(w, m))
           for w in workdirs for m in ROBUST_MODELS]
   columns = list(rows[0][2])
@@ -246,8 +246,8 @@ def robustness_table(workdirs: list[str], mean: bool = True) -> str:
       versions = [v for _, model, _, v in rows if model == m]
       for c in columns:
         xs = [v[c] for _, model, v, _ in rows if model == m]
-        if None in xs:
-          cells.append("-")
+        if None in xs or (c in FLIP_COLUMNS and len(set(versions)) > 1):
+          cells.append("-")  # nothing to average, or flip rates of different sequences
           continue
         mu, sd = _mean_sd(xs)
         cells.append(f"{_robust_cell(c, mu)} ± {_robust_cell(c, sd)}{_outdated(c, versions)}")

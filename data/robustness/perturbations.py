@@ -33,7 +33,9 @@ As in ImageNet-P's generator (`ImageNet-P/create_p/make_imagenet_p.py` in
 hendrycks/robustness), a noise sequence starts with the clean image, so the first-frame
 rule counts how often a noisy copy changes the clean prediction, and `tilt` turns the
 image plane about its centre, seen from a camera at the image diagonal's distance (the
-centre stays put). `SEQUENCES_VERSION` numbers these definitions: flip rates of results
+centre stays put). ImageNet-P turns it about x and then y by the same angle (a fixed,
+roughly diagonal axis and a larger total angle); here the axis is random per image and
+the angle is the whole rotation. `SEQUENCES_VERSION` numbers these definitions: flip rates of results
 made with different versions are not compared.
 """
 

@@ -15,29 +15,42 @@ NORMALISING_FIELDS = {"corruptions": ("errors",),
                       "perturbations": ("flip_probability", "top5_distance")}
 
 
-def _nulls(value, where: str) -> list[str]:
+def _gaps(value, where: str) -> list[str]:
+  """Where `value` (a number or nested dicts of numbers) holds null."""
   if value is None:
-    return [where]
+    return [f"{where} (null)"]
   if isinstance(value, dict):
-    return [n for k, v in value.items() for n in _nulls(v, f"{where}.{k}")]
+    return [g for k, v in value.items() for g in _gaps(v, f"{where}.{k}")]
   return []
 
 
 def load_baseline(path: str, suite: str) -> dict:
-  """The results.json at `path`; a ValueError unless it holds `suite` with a number for
-  everything that normalises (results.json writes NaN, e.g. a mean over no images, as
-  null, which would otherwise fail later as a TypeError naming nothing)."""
+  """The results.json at `path`; a ValueError unless it holds `suite`."""
   results = fileio.read_json(path)
   if results.get("suite") != suite:
     raise ValueError(f"--baseline_results={path} holds suite {results.get('suite')!r}, "
                      f"not {suite!r}")
-  nulls = [n for field in NORMALISING_FIELDS.get(suite, ())
-           for n in _nulls(results.get(field), field)]
-  if nulls:
-    raise ValueError(f"--baseline_results={path} has no number (null: NaN when measured) "
-                     f"for {', '.join(nulls[:5])}{' ...' if len(nulls) > 5 else ''}: "
-                     "rerun the baseline on data that covers them")
   return results
+
+
+def check_numbers(results: dict, path: str, suite: str, names=None) -> None:
+  """A ValueError unless the baseline `results` (read from `path`) hold a number for
+  everything that normalises, of `names` (the corruptions or perturbations this run
+  evaluates; all if None). results.json writes NaN, e.g. a mean over no images, as null,
+  which would otherwise fail later as a TypeError naming nothing."""
+  gaps = []
+  for field in NORMALISING_FIELDS.get(suite, ()):
+    values = results.get(field)
+    if not isinstance(values, dict):
+      gaps.append(f"{field} (missing)")
+      continue
+    for name in (values if names is None else names):
+      gaps += (_gaps(values[name], f"{field}.{name}") if name in values
+               else [f"{field}.{name} (missing)"])
+  if gaps:
+    raise ValueError(f"--baseline_results={path} has no number for "
+                     f"{', '.join(gaps[:5])}{' ...' if len(gaps) > 5 else ''}: rerun the "
+                     "baseline on the same corruptions / perturbations and data")
 
 
 def normaliser(config, num_classes: int, suite: str) -> str:

@@ -28,7 +28,10 @@ def corruption_source(config, corruption: str, severity: int) -> sources.Source:
 
 
 def baseline(config, num_classes: int) -> dict | None:
-  return baselines.normalising_baseline(config, num_classes, "corruptions")
+  base = baselines.normalising_baseline(config, num_classes, "corruptions")
+  if base is not None:
+    baselines.check_numbers(base, config.baseline_results, "corruptions", config.corruptions)
+  return base
 
 
 def compute(ev, base: dict | None) -> dict:

@@ -11,8 +11,20 @@ import numpy as np
 import tensorflow as tf
 
 from data import fileio
+from data.robustness import perturbations as perturb
 
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
+
+
+def up_to_date(path: str) -> bool:
+  """Whether the results.json at `path` exists and was made with this code's definitions
+  (for perturbations: the same version of the sequences), so a rerun would repeat it.
+  `make robustness` skips the suites for which this holds."""
+  if not tf.io.gfile.exists(path):
+    return False
+  results = fileio.read_json(path)
+  return (results.get("suite") != "perturbations"
+          or results.get("sequences", 1) == perturb.SEQUENCES_VERSION)
 
 
 def pct(x) -> str:

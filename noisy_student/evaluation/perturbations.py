@@ -40,6 +40,8 @@ def baseline(config, num_classes: int) -> dict | None:
         raise ValueError(f"baseline results used {key}={base.get(key)!r}, this run "
                          f"{getattr(config, key)!r}: flip rates are comparable only on the "
                          "same sequences")
+    baselines.check_numbers(base, config.baseline_results, "perturbations",
+                            config.perturbations)
   return base
 
 
@@ -77,24 +79,31 @@ def sequence_ids(ids: np.ndarray, position: int) -> np.ndarray:
                   dtype=object)
 
 
+def scored_rows(batches):
+  """(images, ids that seed the sequences, labels) of each batch's scored rows; a row
+  without an id is numbered by its position over all the batches."""
+  position = 0
+  for batch in batches:
+    valid = batch["valid"]
+    ids = sequence_ids(batch["id"][valid], position)
+    position += len(ids)
+    yield batch["image"][valid], ids, batch["label"][valid]
+
+
 def perturbation_predictions(ev, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(top-1 [n, frames], top-5 [n, frames, 5], labels [n]) over the clean source."""
   c = ev.config
   fn = _sequence_logits_fn(ev, name)
   chunk = max(1, c.eval_batch_size // c.num_frames)
   top1, top5, labels = [], [], []
-  position = 0
-  for batch in ev.batches(sources.clean_source(c)):
-    images = batch["image"][batch["valid"]]
-    ids = sequence_ids(batch["id"][batch["valid"]], position)
-    position += len(ids)
+  for images, ids, batch_labels in scored_rows(ev.batches(sources.clean_source(c))):
     for i in range(0, len(images), chunk):
       logits = fn(images[i:i + chunk], ids[i:i + chunk]).numpy()
       k, f = logits.shape[:2]
       ranked = rb.top_k_predictions(logits.reshape(k * f, -1), 5).reshape(k, f, -1)
       top1.append(ranked[..., 0])
       top5.append(ranked)
-    labels.append(batch["label"][batch["valid"]])
+    labels.append(batch_labels)
   return np.concatenate(top1), np.concatenate(top5), np.concatenate(labels)
 
 
@@ -107,7 +116,9 @@ def compute(ev, base: dict | None) -> dict:
     noise = rb.is_noise_perturbation(name)
     fp[name] = rb.flip_probability(top1, noise=noise)
     t5d[name] = rb.top5_distance_mean(top5, noise=noise)
-    frame_acc[name] = float(np.mean(top1 == labels[:, None]))
+    # A noise sequence's frame 0 is the clean image: not a perturbed frame.
+    perturbed = top1[:, 1:] if noise else top1
+    frame_acc[name] = float(np.mean(perturbed == labels[:, None]))
     print(f"  {name}: flip probability {outputs.pct(fp[name])}%", flush=True)
   results = {"sequences": perturb.SEQUENCES_VERSION,
              "num_frames": c.num_frames, "seed": c.seed, "fill_mode": c.fill_mode,

@@ -205,10 +205,12 @@ class StageRunner:
   def _run_many(self, stage: Stage) -> None:
     """Runs the stage's jobs, `parallel` at a time, reporting their progress. A job
     starts only when a slot is free and no job has failed, so the first failure ends the
-    stage once the jobs already running have ended (not hours later)."""
+    stage once the jobs already running have ended (not hours later); it is raised then,
+    and any later failure is printed."""
     latest: dict[int, str] = {}  # Job index -> its latest output line, while it runs.
     start, total, done = time.time(), len(stage.commands), 0
     queue = list(enumerate(stage.commands))[::-1]
+    failure: BaseException | None = None
     with futures.ThreadPoolExecutor(max(1, stage.parallel)) as pool:
       running: dict[futures.Future, int] = {}
 
@@ -226,13 +228,16 @@ class StageRunner:
           index = running.pop(job)
           try:
             seconds = job.result()
-          except BaseException:
-            if queue:
-              print(f"[{stage.name}] {len(queue)} job(s) not started after job {index} "
-                    "failed", flush=True)
-            queue.clear()
-            futures.wait(running)
-            raise
+          except Exception as e:  # pylint: disable=broad-except
+            if failure is None:
+              failure = e
+              print(f"[{stage.name}] job {index} failed; {len(queue)} job(s) not started, "
+                    f"waiting for {len(running)} running", flush=True)
+              queue.clear()
+            else:
+              print(f"[{stage.name}] job {index} failed too: "
+                    f"{str(e).splitlines()[0]}", flush=True)
+            continue
           done += 1
           print(f"[{stage.name}] job {index} finished in {_duration(seconds)} "
                 f"({done}/{total} done)", flush=True)
@@ -240,6 +245,8 @@ class StageRunner:
         if running and time.time() >= beat:
           self._heartbeat(stage.name, done, total, time.time() - start, dict(latest))
           beat = time.time() + self.heartbeat_seconds
+    if failure is not None:
+      raise failure
 
   @staticmethod
   def _heartbeat(name: str, done: int, total: int, seconds: float,

@@ -296,22 +296,25 @@ def upper_bound_stages(c: ExperimentConfig) -> list[driver.Stage]:
   # num_train_images / num_labeled times longer on all the labels, so the periods are
   # scaled back to the teacher's, then stretched by the ratio of training images seen.
   # (Unstretched, the 0.97 decay every ~34 steps leaves a long bound no learning rate.)
-  # The periods are the teacher's as it trains, --extra_train_flags included (an extra
-  # --warmup_epochs is stretched too, not passed on as it is).
-  steps = c.upper_bound_train_steps or c.student_train_steps
-  batch = c.upper_bound_batch_size or c.batch_size
-  stretch = steps * batch / (c.teacher_train_steps * c.batch_size)
-  scale = c.num_labeled / c.num_train_images * stretch
+  # Everything is read from the two trainings as they run, --extra_train_flags included
+  # (an extra --warmup_epochs is stretched too, not passed on as it is; an extra
+  # --num_labeled_examples sets both epochs).
   teacher = _with_extra_flags(c, _train_settings(
       c, c.model_dir(0), c.teacher, c.noise, c.teacher_train_steps, c.data("labeled")))
-  bound = c.path("upper_bound")
+  bound_dir = c.path("upper_bound")
+  bound = _with_extra_flags(c, _train_settings(
+      c, bound_dir, c.teacher, c.noise, c.upper_bound_train_steps or c.student_train_steps,
+      f"{c.path('data', 'records')}/train-*", c.upper_bound_batch_size or c.batch_size))
+  stretch = (bound.train_steps * bound.train_batch_size
+             / (teacher.train_steps * teacher.train_batch_size))
+  scale = ((teacher.num_labeled_examples or c.num_labeled)
+           / (bound.num_labeled_examples or c.num_train_images) * stretch)
   return [
-      _train_stage("upper_bound/train", _train_command(c, _train_settings(
-          c, bound, c.teacher, c.noise, steps, f"{c.path('data', 'records')}/train-*",
-          batch), warmup_epochs=float(f"{teacher.warmup_epochs * scale:.6g}"),
+      _train_stage("upper_bound/train", _train_command(
+          c, bound, warmup_epochs=float(f"{teacher.warmup_epochs * scale:.6g}"),
           lr_decay_epochs=float(f"{teacher.lr_decay_epochs * scale:.6g}")),
-          bound, ("data/records_train", "data/split")),
-      _test_stage(c, "upper_bound/test", bound, "upper_bound/train"),
+          bound_dir, ("data/records_train", "data/split")),
+      _test_stage(c, "upper_bound/test", bound_dir, "upper_bound/train"),
   ]
 
 

@@ -57,10 +57,9 @@ def _pseudo_label_accuracy(files: list[str], label_offset: int) -> float | None:
   right = total = 0
   for batch in tf.data.TFRecordDataset(sorted(files)).batch(4096).map(
       lambda x: tf.io.parse_example(x, spec)):
-    hidden = batch[schema.HIDDEN_LABEL].numpy()
+    hidden = batch[schema.HIDDEN_LABEL].numpy() - label_offset
     known = hidden >= 0
-    right += int((batch[schema.PSEUDO_LABEL].numpy()[known]
-                  == hidden[known] - label_offset).sum())
+    right += int((batch[schema.PSEUDO_LABEL].numpy()[known] == hidden[known]).sum())
     total += int(known.sum())
   return right / total if total else None
 

@@ -50,8 +50,22 @@ def test_a_failed_job_cancels_the_jobs_not_yet_started(runner, tmp_path, capsys)
   with pytest.raises(RuntimeError, match="stage shards failed"):
     runner.run(stage)
   assert open(out).read().split() == ["fail"]
-  assert "[shards] 2 job(s) not started after job 0 failed" in capsys.readouterr().out
+  assert ("[shards] job 0 failed; 2 job(s) not started, waiting for 0 running"
+          in capsys.readouterr().out)
   assert not runner.is_done("shards")
+
+
+def test_after_a_failure_the_running_jobs_end_and_later_failures_are_printed(
+    runner, tmp_path, capsys):
+  out = str(tmp_path / "out.txt")
+  stage = driver.Stage("shards", ((FAKE, out, "fail"), (FAKE, out, "fail"), (FAKE, out, "s2"),
+                                  (FAKE, out, "s3")), parallel=2)
+  with pytest.raises(RuntimeError, match="stage shards failed"):
+    runner.run(stage)
+  assert open(out).read().split() == ["fail", "fail"]
+  text = capsys.readouterr().out
+  assert "2 job(s) not started" in text
+  assert "failed too: stage shards failed (exit 3)" in text
 
 
 def test_a_multi_job_stage_reports_progress_while_it_runs(tmp_path, capsys):

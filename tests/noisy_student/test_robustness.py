@@ -167,6 +167,12 @@ def test_records_without_ids_get_distinct_sequence_seeds():
   assert list(ids) == [b"a", b"#6", b"#7"]
   seeds = {tuple(P.image_seed(tf.constant(i), 0).numpy()) for i in ids}
   assert len(seeds) == 3
+  # Positions count the scored rows over all batches (an invalid row takes none).
+  batch = lambda ids, valid: {"image": np.zeros([len(ids), 1]), "label": np.zeros(len(ids)),
+                              "id": np.array(ids, dtype=object), "valid": np.array(valid)}
+  rows = perturbations.scored_rows([batch([b"", b"x", b""], [True, True, False]),
+                                    batch([b"", b""], [True, True])])
+  assert [list(ids) for _, ids, _ in rows] == [[b"#0", b"x"], [b"#2", b"#3"]]
 
 
 def test_a_baseline_with_a_null_number_is_refused_naming_file_and_field(tmp_path):
@@ -177,11 +183,35 @@ def test_a_baseline_with_a_null_number_is_refused_naming_file_and_field(tmp_path
   results = {"suite": "perturbations", "flip_probability": {"rotate": 0.1, "tilt": None},
              "top5_distance": {"rotate": 0.2, "tilt": 0.3}}
   path.write_text(json.dumps(results))
-  with pytest.raises(ValueError, match=r"results.json has no number .* flip_probability.tilt"):
-    baselines.load_baseline(str(path), "perturbations")
+  check = lambda suite, names=None: baselines.check_numbers(
+      baselines.load_baseline(str(path), suite), str(path), suite, names)
+  with pytest.raises(ValueError, match=r"results.json has no number for "
+                     r"flip_probability.tilt \(null\)"):
+    check("perturbations")
+  # Only what this run evaluates must be there.
+  check("perturbations", ["rotate"])
+  with pytest.raises(ValueError, match=r"flip_probability.scale \(missing\)"):
+    check("perturbations", ["rotate", "scale"])
   results["flip_probability"]["tilt"] = 0.0
   path.write_text(json.dumps(results))
-  assert baselines.load_baseline(str(path), "perturbations")["flip_probability"]["tilt"] == 0
+  check("perturbations")
   path.write_text(json.dumps({"suite": "corruptions", "errors": {"fog": {"1": None}}}))
   with pytest.raises(ValueError, match=r"errors.fog.1"):
-    baselines.load_baseline(str(path), "corruptions")
+    check("corruptions")
+
+
+def test_make_robustness_redoes_only_missing_or_outdated_suites(tmp_path):
+  """`make robustness` skips a suite whose results.json is up to date: present and, for
+  perturbations, made on this code's sequences (results without a version are v1)."""
+  import json
+
+  from data.robustness import perturbations as P
+  from noisy_student.evaluation import outputs
+  path = tmp_path / "results.json"
+  assert not outputs.up_to_date(str(path))
+  path.write_text(json.dumps({"suite": "clean", "top1": 0.9}))
+  assert outputs.up_to_date(str(path))
+  path.write_text(json.dumps({"suite": "perturbations"}))
+  assert not outputs.up_to_date(str(path))
+  path.write_text(json.dumps({"suite": "perturbations", "sequences": P.SEQUENCES_VERSION}))
+  assert outputs.up_to_date(str(path))

@@ -211,7 +211,12 @@ def test_robustness_table_marks_flip_rates_of_earlier_sequences(tmp_path):
                       "| 80.0 (seq. v1) | 42.0 | 42.0 | 42.0 | 42.0 |")
   assert lines[2].split(" | ")[6:8] == ["3.00 (seq. v1)", "-"]  # no mFR: nothing to mark
   assert " | 3.00 | 80.0 | " in lines[7]  # b's rows: this code's sequences
-  assert "| 3.00 ± 0.00 (seq. v1) | 80.0 ± 0.0 (seq. v1) |" in lines[10]
+  # Flip rates of two versions are not averaged; the other columns are.
+  assert lines[10].startswith("| mean ± sd | student | 85.0 ± 1.4 | 25.00 ± 0.00 | 90.0 ± 0.0 "
+                              "| 120.0 ± 0.0 | - | - |")
+  c = _robustness(tmp_path, "c", {"teacher": 0.80, "control": 0.81, "student": 0.84}, 1)
+  both_old = summarize.robustness_table([a, c]).splitlines()
+  assert "| 3.00 ± 0.00 (seq. v1) | 80.0 ± 0.0 (seq. v1) |" in both_old[10]
 
 
 def test_robustness_table_errors_name_the_file(tmp_path):
