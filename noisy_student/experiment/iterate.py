@@ -229,12 +229,10 @@ def _with_extra_flags(c: ExperimentConfig, settings: settings_lib.TrainSettings
   return config_flags.parse_args(settings_lib.TrainSettings, args)
 
 
-def _train_command(c: ExperimentConfig, settings: settings_lib.TrainSettings,
-                   **derived) -> tuple[str, ...]:
-  """`python -m noisy_student.train` arguments of `settings` plus --extra_train_flags;
-  `derived` fields are computed from the result (so an extra flag cannot undo them)."""
-  settings = dataclasses.replace(_with_extra_flags(c, settings), **derived)
-  return ("noisy_student.train", *config_flags.to_args(settings))
+def _train_command(c: ExperimentConfig, settings: settings_lib.TrainSettings
+                   ) -> tuple[str, ...]:
+  """`python -m noisy_student.train` arguments of `settings` plus --extra_train_flags."""
+  return _command("noisy_student.train", _with_extra_flags(c, settings))
 
 
 def _train_settings(c: ExperimentConfig, model_dir: str, model: ModelSpec,
@@ -310,9 +308,10 @@ def upper_bound_stages(c: ExperimentConfig) -> list[driver.Stage]:
   scale = ((teacher.num_labeled_examples or c.num_labeled)
            / (bound.num_labeled_examples or c.num_train_images) * stretch)
   return [
-      _train_stage("upper_bound/train", _train_command(
-          c, bound, warmup_epochs=float(f"{teacher.warmup_epochs * scale:.6g}"),
-          lr_decay_epochs=float(f"{teacher.lr_decay_epochs * scale:.6g}")),
+      # The stretched periods go in after the extra flags, which cannot undo them.
+      _train_stage("upper_bound/train", _command("noisy_student.train", dataclasses.replace(
+          bound, warmup_epochs=float(f"{teacher.warmup_epochs * scale:.6g}"),
+          lr_decay_epochs=float(f"{teacher.lr_decay_epochs * scale:.6g}"))),
           bound_dir, ("data/records_train", "data/split")),
       _test_stage(c, "upper_bound/test", bound_dir, "upper_bound/train"),
   ]
