@@ -11,7 +11,11 @@ jobs), filter and balance, train the noised student, evaluate it on the test spl
 student becomes the next teacher. Each student also gets a compute-matched control
 (labeled images only, everything else the same) evaluated beside it. Rerunning the
 same command skips finished stages and resumes the unfinished one; a stage whose
-settings changed reruns, with everything downstream of it. `--print_only` lists the
+settings changed reruns, with everything downstream of it, so an ablation can start from a
+copy of another experiment's workdir: its report.json names the stages it took finished
+from there (`reused_stages`). The report (report.json/.md/.png in the workdir) is
+deleted when the driver starts and written when every stage has finished, so it never
+describes other stages than the workdir's. `--print_only` lists the
 stage commands without running them. The flags are `settings.ExperimentSettings`.
 """
 
@@ -148,6 +152,9 @@ def main(argv):
         print(driver.display(command))
     return
   runner = driver.StageRunner(config.workdir)
+  # A report left by an earlier run (or by the experiment this workdir was copied from)
+  # must not stand for the stages about to run: it is written again when they finish.
+  report.remove(config.workdir)
   for n, stage in enumerate(stages, 1):
     print(f"=== stage {n}/{len(stages)}: {stage.name}", flush=True)
     runner.run(stage)
@@ -160,6 +167,11 @@ def main(argv):
       "stage_seconds": round(sum(m.get("seconds", 0) for m in markers), 1),
       # Each stage's own time, as its marker recorded it (None: from before markers did).
       "stage_times": {s.name: m.get("seconds") for s, m in zip(stages, markers)},
+      # Stages taken finished from the workdir this one was copied from (their times and
+      # commits above are that run's): stage name -> the workdir they ran in.
+      "reused_stages": {s.name: m["workdir"] for s, m in zip(stages, markers)
+                        if m.get("workdir") and not driver.same_path(m["workdir"],
+                                                                     config.workdir)},
   }
   report.write(config, provenance, flags.FLAGS.results_dir)
 

@@ -69,6 +69,11 @@ class Stage:
       raise ValueError(f"stage {self.name} has no commands (e.g. --label_shards=0)")
 
 
+def same_path(a: str, b: str) -> bool:
+  """Whether two spellings of a workdir name the same place ("runs/x/" and "./runs/x")."""
+  return os.path.normpath(a) == os.path.normpath(b)
+
+
 def display(command: tuple[str, ...]) -> str:
   return shlex.join(("python", "-m") + tuple(command))
 
@@ -148,11 +153,13 @@ class StageRunner:
   def _an_input_finished_after(self, stage: Stage, marker: dict) -> bool:
     """Whether a stage `stage` reads from finished (ran again) after `marker`'s run.
 
-    Markers record when they finished (ISO time, to the second; kept on rekeying); a
-    marker without the time cannot tell, and counts as read from its inputs.
+    Markers record when they finished (ISO time, to the second; kept on rekeying). A
+    marker without the time (drivers before 2205ecb) cannot tell, so it counts as run
+    after: in a workdir copied from another experiment its inputs may have been made
+    again, by a driver that stopped before reaching it, and the stage then reruns.
     """
     finished = marker.get("finished")
-    return bool(finished) and any(
+    return not finished or any(
         (self.marker(n).get("finished") or "") > finished for n in stage.inputs)
 
   def run(self, stage: Stage) -> bool:
@@ -160,6 +167,11 @@ class StageRunner:
     key = self.keys[stage.name] = self.key(stage)
     self._record_commands(stage, key)
     if self._marker_key(stage.name) == key:
+      ran_in = self.marker(stage.name).get("workdir")
+      if ran_in and not same_path(ran_in, self.workdir):
+        # Taken from the workdir this one was copied from: its flagfiles name that one.
+        for i, command in enumerate(stage.commands):
+          self._flagfile_command(stage.name, i, command)
       print(f"[{stage.name}] done already, skipping", flush=True)
       return False
     recorded_in = self._same_settings_as_recorded(stage, key)
@@ -308,14 +320,15 @@ class StageRunner:
     path = os.path.join(self.workdir, "commands.sh")
     existing = (_gfile().GFile(path).read() if _gfile().exists(path)
                 else "#!/usr/bin/env bash\nset -e\n")
-    header = f"# stage {stage.name} (key {key})\n"
-    if header in existing:
-      return
     suffix = " &" if len(stage.commands) > 1 else ""
-    lines = [header] + [display(c) + suffix + "\n" for c in stage.commands]
-    if suffix:
-      lines.append("wait\n")
-    fileio.write_text_atomic(path, existing + "".join(lines))
+    lines = ([f"# stage {stage.name} (key {key})\n"]
+             + [display(c) + suffix + "\n" for c in stage.commands]
+             + (["wait\n"] if suffix else []))
+    block = "".join(lines)
+    # The whole block, not the header alone: in a copied workdir the same key's commands
+    # name the original workdir, and running those by hand would write there.
+    if block not in existing:
+      fileio.write_text_atomic(path, existing + block)
 
 
 def _duration(seconds: float) -> str:

@@ -182,6 +182,17 @@ def plot(report: dict, path: str) -> None:
   plt.close(fig)
 
 
+REPORT_FILES = ("report.json", "report.md", "report.png")
+
+
+def remove(workdir: str) -> None:
+  """Deletes the workdir's report, if any (the driver's first step: see run.py)."""
+  for name in REPORT_FILES:
+    path = os.path.join(workdir, name)
+    if tf.io.gfile.exists(path):
+      tf.io.gfile.remove(path)
+
+
 def write(c: iterate.ExperimentConfig, provenance: dict | None = None,
           results_dir: str | None = None) -> dict:
   """Writes the report into the workdir (and a copy into `results_dir`).

@@ -160,6 +160,10 @@ def test_a_copied_workdir_keeps_its_finished_stages(tmp_path):
   shutil.copytree(tmp_path / "a", tmp_path / "b")
   second = driver.StageRunner(str(tmp_path / "b"), env=env)
   assert not second.run(stage(second.workdir))
+  # Its commands.sh gains the stage's commands as they read in the copy, to run by hand.
+  script = open(tmp_path / "b" / "commands.sh").read()
+  assert f"--model_dir={tmp_path / 'a'}/m" in script
+  assert f"--model_dir={tmp_path / 'b'}/m" in script
 
 
 def test_reading_a_stage_not_yet_run_is_an_error(runner, tmp_path):
@@ -210,6 +214,7 @@ def _old_marker(runner, name, commands):
   os.makedirs(os.path.dirname(runner.marker_path(name)), exist_ok=True)
   fileio.write_json_atomic(runner.marker_path(name), {
       "stage": name, "key": "0123456789abcdef", "seconds": 1.0,
+      "finished": "2026-11-30T10:00:00",
       "commands": [driver.display(c) for c in commands]})
 
 
@@ -308,7 +313,7 @@ def test_an_input_rerun_by_an_earlier_driver_means_the_recorded_settings_do_not_
   for label_finished, select_finished, same in (
       ("2026-11-30T10:00:00", "2026-11-30T11:00:00", True),    # read the label it has
       ("2026-11-30T12:00:00", "2026-11-30T11:00:00", False),   # label ran again after
-      ("2026-11-30T12:00:00", None, True)):                    # an old marker: unknown
+      ("2026-11-30T12:00:00", None, False)):  # an old marker cannot tell: not taken
     for name, finished in (("label", label_finished), (stage.name, select_finished)):
       marker = {k: v for k, v in runner.marker(name).items() if k != "finished"}
       fileio.write_json_atomic(runner.marker_path(name),
@@ -336,6 +341,29 @@ def test_settings_commands_run_from_a_flagfile(runner, tmp_path):
   lines = open(path).read().splitlines()
   assert lines[0].startswith("# stage iter0/teacher") and lines[1:] == list(command[1:])
   assert runner._flagfile_command("s", 0, (FAKE, "a", "b")) == (FAKE, "a", "b")
+
+
+def test_a_stage_taken_from_a_copied_workdir_gets_flagfiles_naming_the_copy(tmp_path):
+  """The copy's flags/ held the original's flagfiles: rerun by hand, they would write
+  into the original workdir."""
+  from data import fileio
+  original, runner = str(tmp_path / "a"), driver.StageRunner(str(tmp_path / "b"))
+  command = lambda w: ("noisy_student.train", f"--model_dir={w}/m", "--train_pattern=x")
+  stage = driver.Stage("iter0/teacher", (command(runner.workdir),))
+  fileio.write_json_atomic(runner.marker_path(stage.name), {
+      "stage": stage.name, "key": runner.key(stage), "workdir": original,
+      "commands": [driver.display(command(original))]})
+  path = os.path.join(runner.workdir, "flags", "iter0__teacher.0.flags")
+  os.makedirs(os.path.dirname(path))
+  open(path, "w").write("\n".join(command(original)[1:]) + "\n")
+  assert not runner.run(stage)  # done already
+  lines = open(path).read().splitlines()
+  assert lines[1:] == list(command(runner.workdir)[1:])
+  # A stage that finished in this workdir leaves its flagfile alone.
+  fileio.write_json_atomic(runner.marker_path(stage.name), dict(
+      runner.marker(stage.name), workdir=runner.workdir))
+  open(path, "w").write("as it ran\n")
+  assert not runner.run(stage) and open(path).read() == "as it ran\n"
 
 
 def test_markers_logs_and_commands_go_through_gfile(tmp_path):

@@ -2,11 +2,13 @@
 
 Two iterations of a tiny model, a few steps each: checks that every stage leaves its
 outputs and marker, that the counts agree from stage to stage, and that rerunning the
-same command skips every finished stage.
+same command skips every finished stage; a copied workdir with a changed setting reruns
+what the change reaches and names the stages it reused.
 """
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,7 +24,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST),
                                 reason="needs the dataset-fashion-mnist package")
 
 
-def _run(workdir, *more):
+def _run(workdir, *more, check=True):
   argv = [sys.executable, "-m", "noisy_student.run", f"--workdir={workdir}",
           f"--max_train_images={TRAIN}", f"--max_test_images={TEST}",
           f"--labeled_per_class={LABELED}", f"--dev_per_class={DEV}", "--iterations=2",
@@ -35,8 +37,9 @@ def _run(workdir, *more):
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
   result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  return result.stdout
+  if check:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result.stdout if check else result
 
 
 def _json(path):
@@ -98,13 +101,29 @@ def test_driver_smoke_run_and_resume(tmp_path):
   assert "starting" not in again
   assert again.count("done already, skipping") == len(stages)
 
-  # A changed selection setting reruns iteration 1's selection and everything that
-  # reads from it, and nothing else (the controls never see pseudo labels).
-  changed = _run(workdir, "--min_threshold=0.01")
+  # A copy of the workdir with a changed selection setting (how an ablation starts):
+  # iteration 1's selection and everything that reads from it rerun, and nothing else
+  # (the controls never see pseudo labels); the report names the stages it took from
+  # the original workdir.
+  copy = str(tmp_path / "ablation")
+  shutil.copytree(workdir, copy)
+  changed = _run(copy, "--min_threshold=0.01")
   rerun = {name for name in stages if f"[{name}] starting" in changed}
   assert rerun == {"iter1/select", "iter1/student", "iter1/student_test", "iter2/label",
                    "iter2/select", "iter2/student", "iter2/student_test"}
   assert "[iter1/select] settings changed: deleting its old outputs" in changed
+  ablation = _json(os.path.join(copy, "report.json"))
+  assert ablation["reused_stages"] == {name: workdir for name in stages if name not in rerun}
+  assert report["reused_stages"] == {}
+  teacher_flags = open(os.path.join(copy, "flags", "iter0__teacher.0.flags")).read()
+  assert f"{copy}/" in teacher_flags and f"{workdir}/" not in teacher_flags
+
+  # A driver that fails leaves no report behind, not even the one it was copied with.
+  failed = _run(copy, "--extra_train_flags=--steps_per_loop=3,--eval_batch_size=32,"
+                f"--init_from={tmp_path}/missing", check=False)
+  assert failed.returncode != 0 and "[iter0/teacher] starting" in failed.stdout
+  assert not os.path.exists(os.path.join(copy, "report.json"))
+  assert os.path.exists(os.path.join(workdir, "report.json"))
 
 
 def test_driver_runs_on_a_class_folder_source(tmp_path):
