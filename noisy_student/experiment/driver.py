@@ -70,8 +70,11 @@ class Stage:
 
 
 def same_path(a: str, b: str) -> bool:
-  """Whether two spellings of a workdir name the same place ("runs/x/" and "./runs/x")."""
-  return os.path.normpath(a) == os.path.normpath(b)
+  """Whether two spellings of a workdir name the same place: "runs/x/", "./runs/x" and
+  its absolute path, seen from the current directory; a URL ("gs://b/x") by its text."""
+  if "://" in a or "://" in b:
+    return a.rstrip("/") == b.rstrip("/")
+  return os.path.realpath(a) == os.path.realpath(b)
 
 
 def display(command: tuple[str, ...]) -> str:
@@ -153,10 +156,9 @@ class StageRunner:
   def _an_input_finished_after(self, stage: Stage, marker: dict) -> bool:
     """Whether a stage `stage` reads from finished (ran again) after `marker`'s run.
 
-    Markers record when they finished (ISO time, to the second; kept on rekeying). A
-    marker without the time (drivers before 2205ecb) cannot tell, so it counts as run
-    after: in a workdir copied from another experiment its inputs may have been made
-    again, by a driver that stopped before reaching it, and the stage then reruns.
+    Markers record when they finished (ISO time, to the second; kept on rekeying), as
+    every driver has written them. A marker without the time was not written by one, so
+    nothing says what it read: it counts as run after, and the stage reruns.
     """
     finished = marker.get("finished")
     return not finished or any(
@@ -167,11 +169,7 @@ class StageRunner:
     key = self.keys[stage.name] = self.key(stage)
     self._record_commands(stage, key)
     if self._marker_key(stage.name) == key:
-      ran_in = self.marker(stage.name).get("workdir")
-      if ran_in and not same_path(ran_in, self.workdir):
-        # Taken from the workdir this one was copied from: its flagfiles name that one.
-        for i, command in enumerate(stage.commands):
-          self._flagfile_command(stage.name, i, command)
+      self._refresh_flagfiles(stage)
       print(f"[{stage.name}] done already, skipping", flush=True)
       return False
     recorded_in = self._same_settings_as_recorded(stage, key)
@@ -181,6 +179,7 @@ class StageRunner:
       marker = self.marker(stage.name)
       fileio.write_json_atomic(self.marker_path(stage.name), dict(
           marker, key=key, workdir=recorded_in, rekeyed_from=marker["key"]))
+      self._refresh_flagfiles(stage)
       print(f"[{stage.name}] done already (same settings, spelled as before), skipping",
             flush=True)
       return False
@@ -316,6 +315,14 @@ class StageRunner:
                              f"--flagfile={path}\n" + "".join(a + "\n" for a in command[1:]))
     return (command[0], f"--flagfile={path}")
 
+  def _refresh_flagfiles(self, stage: Stage) -> None:
+    """A finished stage taken from the workdir this one was copied from keeps that one's
+    flagfiles, which name it (a hand rerun would write there): they are written again."""
+    ran_in = self.marker(stage.name).get("workdir")
+    if ran_in and not same_path(ran_in, self.workdir):
+      for i, command in enumerate(stage.commands):
+        self._flagfile_command(stage.name, i, command)
+
   def _record_commands(self, stage: Stage, key: str) -> None:
     path = os.path.join(self.workdir, "commands.sh")
     existing = (_gfile().GFile(path).read() if _gfile().exists(path)
@@ -325,10 +332,17 @@ class StageRunner:
              + [display(c) + suffix + "\n" for c in stage.commands]
              + (["wait\n"] if suffix else []))
     block = "".join(lines)
-    # The whole block, not the header alone: in a copied workdir the same key's commands
-    # name the original workdir, and running those by hand would write there.
-    if block not in existing:
-      fileio.write_text_atomic(path, existing + block)
+    # A block of the same stage and key is replaced, not kept: in a copied workdir its
+    # commands name the original workdir (a hand rerun would write there), and the same
+    # settings spelled otherwise (another operational flag) must not run twice.
+    start = existing.find(lines[0])
+    if start < 0:
+      updated = existing + block
+    else:
+      end = existing.find("\n# stage ", start + len(lines[0]) - 1)
+      updated = existing[:start] + block + (existing[end + 1:] if end >= 0 else "")
+    if updated != existing:
+      fileio.write_text_atomic(path, updated)
 
 
 def _duration(seconds: float) -> str:

@@ -160,10 +160,37 @@ def test_a_copied_workdir_keeps_its_finished_stages(tmp_path):
   shutil.copytree(tmp_path / "a", tmp_path / "b")
   second = driver.StageRunner(str(tmp_path / "b"), env=env)
   assert not second.run(stage(second.workdir))
-  # Its commands.sh gains the stage's commands as they read in the copy, to run by hand.
+  # Its commands.sh holds the stage's commands as they read in the copy, to run by hand,
+  # in place of the original's.
   script = open(tmp_path / "b" / "commands.sh").read()
-  assert f"--model_dir={tmp_path / 'a'}/m" in script
-  assert f"--model_dir={tmp_path / 'b'}/m" in script
+  assert f"--model_dir={tmp_path / 'a'}/m" not in script
+  assert f"--model_dir={tmp_path / 'b'}/m" in script and script.count("# stage s ") == 1
+
+
+def test_commands_sh_replaces_a_stage_block_in_place(runner, tmp_path):
+  """The same stage and key spelled otherwise (an operational flag) is one block, where
+  it was; the other stages' blocks stay as they were."""
+  out = str(tmp_path / "out.txt")
+  stages = lambda *more: [driver.Stage("a", ((FAKE, out, "a"),)),
+                          driver.Stage("b", ((FAKE, out, "b") + more,)),
+                          driver.Stage("c", ((FAKE, out, "c"),), inputs=("b",))]
+  for stage in stages():
+    runner._record_commands(stage, runner.keys.setdefault(stage.name, "k"))
+  before = open(os.path.join(runner.workdir, "commands.sh")).read()
+  for stage in stages("--often"):
+    runner._record_commands(stage, "k")
+  after = open(os.path.join(runner.workdir, "commands.sh")).read()
+  assert after == before.replace(f"{out} b\n", f"{out} b --often\n")
+  assert after.count("# stage ") == 3
+
+
+def test_same_path_sees_through_spellings(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert driver.same_path("runs/x", str(tmp_path / "runs" / "x"))
+  assert driver.same_path("./runs/x/", "runs/x")
+  assert not driver.same_path("runs/x", "runs/y")
+  assert driver.same_path("gs://b/runs/x/", "gs://b/runs/x")
+  assert not driver.same_path("gs://b/runs/x", "gs://c/runs/x")
 
 
 def test_reading_a_stage_not_yet_run_is_an_error(runner, tmp_path):
@@ -248,6 +275,9 @@ def test_a_marker_of_the_same_settings_spelled_otherwise_counts_as_done(
     # The rekeyed marker still holds the old commands, with the workdir they name, so a
     # later change of key (another new default) parses them again correctly.
     assert marker["workdir"] == "runs/old"
+    # Its flagfile is written for this workdir (the copy's held the old one's).
+    flagfile = open(os.path.join(w, "flags", "iter1__select.0.flags")).read()
+    assert f"--output_dir={w}/iter1/selected" in flagfile and "runs/old" not in flagfile
     from data import fileio
     fileio.write_json_atomic(runner.marker_path(stage.name), dict(marker, key="fedcba9876543210"))
     assert runner._same_settings_as_recorded(stage, key) == "runs/old"
