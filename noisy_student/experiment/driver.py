@@ -156,13 +156,16 @@ class StageRunner:
   def _an_input_finished_after(self, stage: Stage, marker: dict) -> bool:
     """Whether a stage `stage` reads from finished (ran again) after `marker`'s run.
 
-    Markers record when they finished (ISO time, to the second; kept on rekeying), as
-    every driver has written them. A marker without the time was not written by one, so
-    nothing says what it read: it counts as run after, and the stage reruns.
+    Markers record when they finished (ISO time, to the second, in UTC; kept on
+    rekeying), as every driver has written them. A marker without the time was not
+    written by one, so nothing says what it read: it counts as run after, and the stage
+    reruns.
     """
     finished = marker.get("finished")
-    return not finished or any(
-        (self.marker(n).get("finished") or "") > finished for n in stage.inputs)
+    if not finished:
+      return True
+    inputs = [self.marker(n).get("finished") for n in stage.inputs]
+    return any(_when(t) > _when(finished) for t in inputs if t)
 
   def run(self, stage: Stage) -> bool:
     """Runs `stage` unless it finished with the same key. Returns True if it ran now."""
@@ -208,7 +211,8 @@ class StageRunner:
         "git_commit": git_commit(),
         "commands": [display(c) for c in stage.commands],
         "seconds": round(seconds, 1),
-        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
     })
     print(f"[{stage.name}] finished in {seconds:.0f}s", flush=True)
     return True
@@ -343,6 +347,14 @@ class StageRunner:
       updated = existing[:start] + block + (existing[end + 1:] if end >= 0 else "")
     if updated != existing:
       fileio.write_text_atomic(path, updated)
+
+
+def _when(finished: str) -> datetime.datetime:
+  """A marker's finished time. Drivers before this one wrote it without a zone, in the
+  local time of their machine: read as this machine's (the same one, as a rule). A
+  workdir on gs:// is shared by machines in other zones, which UTC times compare across."""
+  when = datetime.datetime.fromisoformat(finished)
+  return when if when.tzinfo else when.astimezone()
 
 
 def _duration(seconds: float) -> str:

@@ -343,7 +343,10 @@ def test_an_input_rerun_by_an_earlier_driver_means_the_recorded_settings_do_not_
   for label_finished, select_finished, same in (
       ("2026-11-30T10:00:00", "2026-11-30T11:00:00", True),    # read the label it has
       ("2026-11-30T12:00:00", "2026-11-30T11:00:00", False),   # label ran again after
-      ("2026-11-30T12:00:00", None, False)):  # an old marker cannot tell: not taken
+      ("2026-11-30T12:00:00", None, False),  # an old marker cannot tell: not taken
+      # Zones: label at 10:00 UTC, select at 11:00 UTC (machines in other zones).
+      ("2026-11-30T12:00:00+02:00", "2026-11-30T11:00:00+00:00", True),
+      ("2026-11-30T12:00:00+00:00", "2026-11-30T13:00:00+02:00", False)):
     for name, finished in (("label", label_finished), (stage.name, select_finished)):
       marker = {k: v for k, v in runner.marker(name).items() if k != "finished"}
       fileio.write_json_atomic(runner.marker_path(name),
