@@ -171,18 +171,18 @@ class StageRunner:
     """Runs `stage` unless it finished with the same key. Returns True if it ran now."""
     key = self.keys[stage.name] = self.key(stage)
     self._record_commands(stage, key)
-    if self._marker_key(stage.name) == key:
-      self._refresh_flagfiles(stage)
+    marker = self.marker(stage.name)
+    if marker.get("key") == key:
+      self._refresh_flagfiles(stage, marker)
       print(f"[{stage.name}] done already, skipping", flush=True)
       return False
     recorded_in = self._same_settings_as_recorded(stage, key)
     if recorded_in:
       # The marker keeps its commands, so it keeps the workdir they were written in: a
       # later driver (a copied workdir, another new default) must parse them there again.
-      marker = self.marker(stage.name)
-      fileio.write_json_atomic(self.marker_path(stage.name), dict(
-          marker, key=key, workdir=recorded_in, rekeyed_from=marker["key"]))
-      self._refresh_flagfiles(stage)
+      marker = dict(marker, key=key, workdir=recorded_in, rekeyed_from=marker["key"])
+      fileio.write_json_atomic(self.marker_path(stage.name), marker)
+      self._refresh_flagfiles(stage, marker)
       print(f"[{stage.name}] done already (same settings, spelled as before), skipping",
             flush=True)
       return False
@@ -319,10 +319,10 @@ class StageRunner:
                              f"--flagfile={path}\n" + "".join(a + "\n" for a in command[1:]))
     return (command[0], f"--flagfile={path}")
 
-  def _refresh_flagfiles(self, stage: Stage) -> None:
+  def _refresh_flagfiles(self, stage: Stage, marker: dict) -> None:
     """A finished stage taken from the workdir this one was copied from keeps that one's
     flagfiles, which name it (a hand rerun would write there): they are written again."""
-    ran_in = self.marker(stage.name).get("workdir")
+    ran_in = marker.get("workdir")
     if ran_in and not same_path(ran_in, self.workdir):
       for i, command in enumerate(stage.commands):
         self._flagfile_command(stage.name, i, command)
@@ -343,7 +343,7 @@ class StageRunner:
     if start < 0:
       updated = existing + block
     else:
-      end = existing.find("\n# stage ", start + len(lines[0]) - 1)
+      end = existing.find("\n# stage ", start)  # The next stage's block, if any.
       updated = existing[:start] + block + (existing[end + 1:] if end >= 0 else "")
     if updated != existing:
       fileio.write_text_atomic(path, updated)
