@@ -176,9 +176,8 @@ ROBUST_SUITES = ("clean", "corruptions", "perturbations", "adversarial")
 FGSM_EPSILONS, PGD_EPSILONS = ("8", "16"), ("4", "8")
 
 
-def robustness_row(workdir: str, model: str) -> dict[str, float | None]:
-  """Column name -> value for one model's suites under `workdir`/robustness. mCE, relative
-  mCE and mFR are None where the suite had no baseline to normalise by (the teacher)."""
+def _suite_results(workdir: str, model: str) -> dict[str, dict]:
+  """Suite -> the results.json `make robustness` wrote for one model under `workdir`."""
   results = {}
   for suite in ROBUST_SUITES:
     path = os.path.join(workdir, "robustness", model, suite, "results.json")
@@ -186,6 +185,15 @@ def robustness_row(workdir: str, model: str) -> dict[str, float | None]:
       raise FileNotFoundError(f"{path}: no {suite} results (run `make robustness` on the "
                               "workdir first)")
     results[suite] = fileio.read_json(path)
+  return results
+
+
+def robustness_row(workdir: str, model: str) -> tuple[dict[str, float | None], int]:
+  """Column name -> value for one model's suites under `workdir`/robustness, and the
+  version of the perturbation sequences its flip rates were measured on (results from
+  before the field are version 1). mCE, relative mCE and mFR are None where the suite
+  had no baseline to normalise by (the teacher)."""
+  results = _suite_results(workdir, model)
   corr, pert, adv = (results[s] for s in ROBUST_SUITES[1:])
   values = {"clean top-1 %": 100 * results["clean"]["top1"],
             "corruption error %": 100 * corr["mean_error"],
@@ -198,14 +206,7 @@ def robustness_row(workdir: str, model: str) -> dict[str, float | None]:
         raise ValueError(f"{workdir}: {model}'s adversarial results have no {attack} at "
                          f"epsilon {eps} (it has {sorted(accuracy)})")
       values[f"{attack.upper()} {eps} %"] = 100 * accuracy[eps]
-  return values
-
-
-def sequences_version(workdir: str, model: str) -> int:
-  """The perturbation sequences' version a model's flip rates were measured on (results
-  from before the field are version 1)."""
-  path = os.path.join(workdir, "robustness", model, "perturbations", "results.json")
-  return fileio.read_json(path).get("sequences", 1)
+  return values, pert.get("sequences", 1)
 
 
 FLIP_COLUMNS = ("flip prob. %", "mFR")
@@ -231,8 +232,7 @@ def robustness_table(workdirs: list[str], mean: bool = True) -> str:
 
   Flip rates measured on an earlier version of the perturbation sequences carry that
   version, e.g. "2.73 (seq. v1)"; they are not averaged with another version's."""
-  rows = [(w, m, robustness_row(w, m), sequences_version(w, m))
-          for w in workdirs for m in ROBUST_MODELS]
+  rows = [(w, m, *robustness_row(w, m)) for w in workdirs for m in ROBUST_MODELS]
   columns = list(rows[0][2])
   lines = ["| workdir | model | " + " | ".join(columns) + " |",
            "|---" * (len(columns) + 2) + "|"]
