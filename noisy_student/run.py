@@ -165,7 +165,8 @@ def main(argv):
       # The code each stage ran with (a resumed experiment may span several commits).
       "stage_commits": sorted({m.get("git_commit") or "unrecorded" for m in markers}),
       "stage_seconds": round(sum(m.get("seconds", 0) for m in markers), 1),
-      # Each stage's own time, as its marker recorded it (None: from before markers did).
+      # Each stage's own time, as its marker recorded it (None: from before markers did);
+      # a stage stopped and resumed counts every attempt (driver.StageRunner.run).
       "stage_times": {s.name: m.get("seconds") for s, m in zip(stages, markers)},
       # Stages taken finished from the workdir this one was copied from (their times and
       # commits above are that run's): stage name -> the workdir they ran in.

@@ -10,7 +10,7 @@ and runs from a flagfile the driver writes (`workdir/flags/`); a marker written 
 older flag names is recognised by parsing its recorded commands again. Rerunning the
 driver skips a stage whose marker holds the same key. An unfinished stage with the same
 key resumes (the trainer from its last checkpoint, the labeller by skipping finished
-output files); a stage whose key changed (a setting changed, here or upstream) first
+output files), and its recorded seconds and logs then cover all its attempts; a stage whose key changed (a setting changed, here or upstream) first
 deletes its outputs and runs afresh, and so, through their keys, do the stages
 downstream of it.
 
@@ -27,6 +27,7 @@ stages by hand, e.g. the labelling shards as N parallel jobs on a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import datetime
@@ -37,6 +38,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent import futures
 
@@ -187,23 +189,29 @@ class StageRunner:
             flush=True)
       return False
     self.ran.add(stage.name)
-    started = self._marker_key(stage.name, ".started")
-    if started != key and (started or _gfile().exists(self.marker_path(stage.name))):
+    started_path = self.marker_path(stage.name, ".started")
+    started = fileio.read_json(started_path) if _gfile().exists(started_path) else {}
+    if started.get("key") != key and (started or _gfile().exists(self.marker_path(stage.name))):
       print(f"[{stage.name}] settings changed: deleting its old outputs", flush=True)
       _delete(stage.outputs)
     if _gfile().exists(self.marker_path(stage.name)):
       _gfile().remove(self.marker_path(stage.name))
-    fileio.write_json_atomic(self.marker_path(stage.name, ".started"),
-                             {"stage": stage.name, "key": key})
-    print(f"[{stage.name}] starting: {len(stage.commands)} command(s)", flush=True)
+    # An unfinished run with this key is resumed: its seconds count towards the stage's.
+    earlier = started if started.get("key") == key else {}
+    progress = {"stage": stage.name, "key": key, "attempts": earlier.get("attempts", 0) + 1,
+                "seconds": earlier.get("seconds", 0.0)}
+    fileio.write_json_atomic(started_path, progress)
+    print(f"[{stage.name}] starting: {len(stage.commands)} command(s)"
+          + (f", attempt {progress['attempts']} (resuming)" if earlier else ""), flush=True)
     for command in stage.commands:
       print(f"  $ {display(command)}", flush=True)
-    start = time.time()
-    if len(stage.commands) == 1:
-      self._run_one(stage.name, 0, stage.commands[0], stream=True)
-    else:
-      self._run_many(stage)
-    seconds = time.time() - start
+    with self._counting_seconds(started_path, progress) as elapsed:
+      if len(stage.commands) == 1:
+        self._run_one(stage.name, 0, stage.commands[0], stream=True,
+                      attempt=progress["attempts"])
+      else:
+        self._run_many(stage, progress["attempts"])
+    seconds = progress["seconds"] + elapsed()
     fileio.write_json_atomic(self.marker_path(stage.name), {
         "stage": stage.name,
         "key": key,
@@ -211,13 +219,47 @@ class StageRunner:
         "git_commit": git_commit(),
         "commands": [display(c) for c in stage.commands],
         "seconds": round(seconds, 1),
+        "attempts": progress["attempts"],
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
     })
-    print(f"[{stage.name}] finished in {seconds:.0f}s", flush=True)
+    print(f"[{stage.name}] finished in {seconds:.0f}s"
+          + (f" over {progress['attempts']} attempts" if earlier else ""), flush=True)
     return True
 
-  def _run_many(self, stage: Stage) -> None:
+  @contextlib.contextmanager
+  def _counting_seconds(self, path: str, progress: dict):
+    """Yields a function giving the seconds since entry. Meanwhile, every
+    `heartbeat_seconds`, and on leaving (a failure included), the stage's seconds so far
+    (`progress["seconds"]` plus those) are written to its `.started` marker, so that a
+    run that is stopped and resumed counts all its attempts, less at most a heartbeat of
+    each attempt killed outright (preempted, SIGKILL)."""
+    start = time.time()
+    stop = threading.Event()
+
+    def write():
+      seconds = round(progress["seconds"] + time.time() - start, 1)
+      try:
+        fileio.write_json_atomic(path, dict(progress, seconds=seconds))
+      except Exception as e:  # pylint: disable=broad-except
+        # A lost count must not stop the stage; the stage's seconds then undercount.
+        print(f"[{progress['stage']}] could not record its seconds so far in {path}: "
+              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}", flush=True)
+
+    def keep_writing():
+      while not stop.wait(self.heartbeat_seconds):
+        write()
+
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+      yield lambda: time.time() - start
+    finally:
+      stop.set()
+      writer.join()
+      write()
+
+  def _run_many(self, stage: Stage, attempt: int = 1) -> None:
     """Runs the stage's jobs, `parallel` at a time, reporting their progress. A job
     starts only when a slot is free and no job has failed, so the first failure ends the
     stage once the jobs already running have ended (not hours later); it is raised then,
@@ -232,7 +274,8 @@ class StageRunner:
       def fill():
         while queue and len(running) < max(1, stage.parallel):
           i, command = queue.pop()
-          running[pool.submit(self._run_one, stage.name, i, command, False, latest)] = i
+          running[pool.submit(self._run_one, stage.name, i, command, False, latest,
+                              attempt)] = i
 
       fill()
       beat = start + self.heartbeat_seconds
@@ -274,15 +317,20 @@ class StageRunner:
             flush=True)
 
   def _run_one(self, name: str, index: int, command: tuple[str, ...], stream: bool,
-               latest: dict[int, str] | None = None) -> float:
+               latest: dict[int, str] | None = None, attempt: int = 1) -> float:
     """Runs one job, its output to its log (and the console if `stream`); returns its
-    seconds. While it runs, `latest[index]` is its latest output line."""
+    seconds. While it runs, `latest[index]` is its latest output line. A resumed
+    attempt's output follows the earlier attempts' in the log: what stopped them stays."""
     start = time.time()
     if latest is not None:
       latest[index] = "(starting)"
     log_path = os.path.join(self.workdir, "logs", f"{name.replace('/', '__')}.{index}.log")
     argv = [self.python, "-m", *self._flagfile_command(name, index, command)]
-    with _gfile().GFile(log_path, "w") as log:
+    resuming = attempt > 1 and _gfile().exists(log_path)
+    with _gfile().GFile(log_path, "a" if resuming else "w") as log:
+      if resuming:
+        log.write(f"\n# attempt {attempt}, resumed at "
+                  f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}\n")
       log.write(f"$ {display(command)}\n")
       process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  env=self.env, text=True, bufsize=1,

@@ -2,7 +2,8 @@
 
 `fail` exits 3 after writing; `sleep` writes its pid and sleeps (the driver-death test
 kills the driver and checks that this child dies too); `slow` prints a progress line,
-then takes 3 seconds.
+then takes 3 seconds; `flaky` takes a second and fails the first time it runs (as a
+preempted stage would), then succeeds.
 """
 import os
 import sys
@@ -16,6 +17,13 @@ if __name__ == "__main__":
     sys.exit(3)
   if word == "sleep":
     time.sleep(120)
+  if word == "flaky":
+    first = not os.path.exists(path + ".flaky")
+    print("first attempt" if first else "second attempt", flush=True)
+    if first:
+      open(path + ".flaky", "w").close()
+      time.sleep(1)
+      sys.exit(3)
   if word == "slow":
     print("halfway through the slow job", flush=True)
     time.sleep(3)

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from data import fileio
 from noisy_student.experiment import driver
 
 FAKE = "tests.noisy_student.fake_stage"
@@ -203,10 +204,30 @@ def test_a_stage_needs_commands():
     driver.Stage("iter1/label", ())
 
 
+def test_a_resumed_stage_counts_every_attempt_and_keeps_their_logs(runner, tmp_path):
+  out = str(tmp_path / "out.txt")
+  stage = driver.Stage("s", ((FAKE, out, "flaky"),))
+  with pytest.raises(RuntimeError, match="stage s failed"):
+    runner.run(stage)
+  started = fileio.read_json(runner.marker_path("s", ".started"))
+  assert started["attempts"] == 1 and started["seconds"] >= 1.0
+  assert runner.run(stage)
+  marker = runner.marker("s")
+  assert marker["attempts"] == 2 and marker["seconds"] >= started["seconds"]
+  log = open(os.path.join(runner.workdir, "logs", "s.0.log")).read()
+  assert log.index("first attempt") < log.index("# attempt 2") < log.index("second attempt")
+  # Settings changed: a new run, counted and logged afresh.
+  changed = driver.Stage("s", ((FAKE, out, "x"),))
+  assert runner.run(changed)
+  assert runner.marker("s")["attempts"] == 1 and runner.marker("s")["seconds"] < 1.0
+  assert "attempt" not in open(os.path.join(runner.workdir, "logs", "s.0.log")).read()
+
+
 def test_stage_jobs_die_with_the_driver(tmp_path):
   out = tmp_path / "pid.txt"
+  work = tmp_path / "work"
   script = ("import sys; from noisy_student.experiment import driver; "
-            f"driver.StageRunner({str(tmp_path / 'work')!r}).run("
+            f"driver.StageRunner({str(work)!r}, heartbeat_seconds=0.2).run("
             f"driver.Stage('s', (({FAKE!r}, {str(out)!r}, 'sleep'),)))")
   parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=ROOT))
@@ -216,6 +237,12 @@ def test_stage_jobs_die_with_the_driver(tmp_path):
   while not (out.exists() and out.read_text().strip()) and time.time() < started:
     time.sleep(0.2)
   child = int(out.read_text())
+  # While the stage runs, its seconds so far are recorded: a killed run keeps its count.
+  progress = work / ".stages" / "s.started.json"
+  deadline = time.time() + 60
+  while time.time() < deadline and fileio.read_json(str(progress)).get("seconds", 0) <= 0:
+    time.sleep(0.2)
+  assert fileio.read_json(str(progress))["seconds"] > 0
   parent.kill()
   parent.wait()
   deadline = time.time() + 60
