@@ -10,9 +10,9 @@ and runs from a flagfile the driver writes (`workdir/flags/`); a marker written 
 older flag names is recognised by parsing its recorded commands again. Rerunning the
 driver skips a stage whose marker holds the same key. An unfinished stage with the same
 key resumes (the trainer from its last checkpoint, the labeller by skipping finished
-output files), and its recorded seconds and logs then cover all its attempts; a stage whose key changed (a setting changed, here or upstream) first
-deletes its outputs and runs afresh, and so, through their keys, do the stages
-downstream of it.
+output files), its recorded seconds and logs then covering all its attempts; a stage
+whose key changed (a setting changed, here or upstream) first deletes its outputs and
+logs and runs afresh, and so, through their keys, do the stages downstream of it.
 
 While a stage's shard jobs run, the driver prints a line per finished job and, every
 `heartbeat_seconds`, how many are done and each running job's latest output line (its
@@ -196,9 +196,15 @@ class StageRunner:
       _delete(stage.outputs)
     if _gfile().exists(self.marker_path(stage.name)):
       _gfile().remove(self.marker_path(stage.name))
-    # An unfinished run with this key is resumed: its seconds count towards the stage's.
+    # An unfinished run with this key is resumed: its seconds count towards the stage's
+    # (an older driver's marker counted none) and its logs are kept. A fresh run's logs
+    # start empty, so no job's log mixes two settings.
     earlier = started if started.get("key") == key else {}
-    progress = {"stage": stage.name, "key": key, "attempts": earlier.get("attempts", 0) + 1,
+    if not earlier:
+      for log in _gfile().glob(self._log_path(stage.name, "*")):
+        _gfile().remove(log)
+    progress = {"stage": stage.name, "key": key,
+                "attempts": earlier.get("attempts", 1) + 1 if earlier else 1,
                 "seconds": earlier.get("seconds", 0.0)}
     fileio.write_json_atomic(started_path, progress)
     print(f"[{stage.name}] starting: {len(stage.commands)} command(s)"
@@ -223,6 +229,8 @@ class StageRunner:
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
     })
+    # Finished: a later run of this stage (its marker removed by hand) starts afresh.
+    _gfile().remove(started_path)
     print(f"[{stage.name}] finished in {seconds:.0f}s"
           + (f" over {progress['attempts']} attempts" if earlier else ""), flush=True)
     return True
@@ -324,7 +332,7 @@ class StageRunner:
     start = time.time()
     if latest is not None:
       latest[index] = "(starting)"
-    log_path = os.path.join(self.workdir, "logs", f"{name.replace('/', '__')}.{index}.log")
+    log_path = self._log_path(name, index)
     argv = [self.python, "-m", *self._flagfile_command(name, index, command)]
     resuming = attempt > 1 and _gfile().exists(log_path)
     with _gfile().GFile(log_path, "a" if resuming else "w") as log:
@@ -354,6 +362,9 @@ class StageRunner:
       raise RuntimeError(f"stage {name} failed (exit {returncode}): {display(command)}\n"
                          f"last lines of {log_path}:\n{tail}")
     return time.time() - start
+
+  def _log_path(self, name: str, index: int | str) -> str:
+    return os.path.join(self.workdir, "logs", f"{name.replace('/', '__')}.{index}.log")
 
   def _flagfile_command(self, name: str, index: int, command: tuple[str, ...]):
     """A command whose settings are a dataclass runs from a flagfile written beside the

@@ -214,13 +214,33 @@ def test_a_resumed_stage_counts_every_attempt_and_keeps_their_logs(runner, tmp_p
   assert runner.run(stage)
   marker = runner.marker("s")
   assert marker["attempts"] == 2 and marker["seconds"] >= started["seconds"]
-  log = open(os.path.join(runner.workdir, "logs", "s.0.log")).read()
+  log_path = os.path.join(runner.workdir, "logs", "s.0.log")
+  log = open(log_path).read()
   assert log.index("first attempt") < log.index("# attempt 2") < log.index("second attempt")
-  # Settings changed: a new run, counted and logged afresh.
-  changed = driver.Stage("s", ((FAKE, out, "x"),))
+  assert not os.path.exists(runner.marker_path("s", ".started"))  # Finished.
+  # An unfinished run of other settings: the new one counts and logs afresh.
+  changed = driver.Stage("s", ((FAKE, out, "x"), (FAKE, out, "y")), parallel=1)
+  fileio.write_json_atomic(runner.marker_path("s", ".started"),
+                           {"stage": "s", "key": "other", "attempts": 3, "seconds": 1e4})
+  open(os.path.join(runner.workdir, "logs", "s.1.log"), "w").write("stale\n")
   assert runner.run(changed)
-  assert runner.marker("s")["attempts"] == 1 and runner.marker("s")["seconds"] < 1.0
-  assert "attempt" not in open(os.path.join(runner.workdir, "logs", "s.0.log")).read()
+  assert runner.marker("s")["attempts"] == 1 and runner.marker("s")["seconds"] < 1e4
+  for i in (0, 1):
+    log = open(os.path.join(runner.workdir, "logs", f"s.{i}.log")).read()
+    assert "attempt" not in log and "stale" not in log
+
+
+def test_a_run_an_older_driver_left_unfinished_resumes_as_a_second_attempt(runner, tmp_path):
+  stage = driver.Stage("s", ((FAKE, str(tmp_path / "out.txt"), "x"),))
+  # Older drivers wrote the stage and key only, no attempts or seconds.
+  fileio.write_json_atomic(runner.marker_path("s", ".started"),
+                           {"stage": "s", "key": runner.key(stage)})
+  log_path = os.path.join(runner.workdir, "logs", "s.0.log")
+  open(log_path, "w").write("what stopped it\n")
+  assert runner.run(stage)
+  assert runner.marker("s")["attempts"] == 2
+  log = open(log_path).read()
+  assert log.index("what stopped it") < log.index("# attempt 2")
 
 
 def test_stage_jobs_die_with_the_driver(tmp_path):
