@@ -66,11 +66,11 @@ def _global_flags(module: str, args):
       delattr(fv, name)
 
 
-def _run_in_process(runner, name, index, command, stream):
+def _run_in_process(runner, name, index, command, stream, latest=None, attempt=1):
   """`driver.StageRunner._run_one`, with the command's main run in this process: the
   driver still writes its flagfile into the workdir and the command reads it from
   there; only the subprocess is gone (it would not see this process's ram://)."""
-  del stream
+  del stream, latest, attempt
   module, *args = runner._flagfile_command(name, index, command)  # pylint: disable=protected-access
   with _global_flags(module, args):
     importlib.import_module(module).main([module])
