@@ -79,6 +79,11 @@ def same_path(a: str, b: str) -> bool:
   return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _now() -> str:
+  """The time now in UTC, to the second, as markers and logs record it."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def display(command: tuple[str, ...]) -> str:
   return shlex.join(("python", "-m") + tuple(command))
 
@@ -226,8 +231,7 @@ class StageRunner:
         "commands": [display(c) for c in stage.commands],
         "seconds": round(seconds, 1),
         "attempts": progress["attempts"],
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
-            timespec="seconds"),
+        "finished": _now(),
     })
     # Finished: a later run of this stage (its marker removed by hand) starts afresh.
     _gfile().remove(started_path)
@@ -337,8 +341,7 @@ class StageRunner:
     resuming = attempt > 1 and _gfile().exists(log_path)
     with _gfile().GFile(log_path, "a" if resuming else "w") as log:
       if resuming:
-        log.write(f"\n# attempt {attempt}, resumed at "
-                  f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}\n")
+        log.write(f"\n# attempt {attempt}, resumed at {_now()}\n")
       log.write(f"$ {display(command)}\n")
       process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  env=self.env, text=True, bufsize=1,
