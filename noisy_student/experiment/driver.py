@@ -107,18 +107,15 @@ class StageRunner:
     return os.path.join(self.workdir, MARKER_DIR,
                         name.replace("/", "__") + suffix + ".json")
 
-  def _marker_key(self, name: str, suffix: str = "") -> str | None:
-    path = self.marker_path(name, suffix)
-    return fileio.read_json(path).get("key") if _gfile().exists(path) else None
-
   def is_done(self, name: str) -> bool:
     """Whether the stage finished with the settings it was last run with."""
-    key = self._marker_key(name)
+    key = self.marker(name).get("key")
     return key is not None and key == self.keys.get(name, key)
 
-  def marker(self, name: str) -> dict:
-    """What the finished stage recorded: key, commands, seconds, git commit, time."""
-    path = self.marker_path(name)
+  def marker(self, name: str, suffix: str = "") -> dict:
+    """What the finished stage recorded: key, commands, seconds, git commit, time; with
+    suffix ".started", what its unfinished run has recorded so far. {} if nothing."""
+    path = self.marker_path(name, suffix)
     return fileio.read_json(path) if _gfile().exists(path) else {}
 
   def key(self, stage: Stage) -> str:
@@ -195,11 +192,11 @@ class StageRunner:
       return False
     self.ran.add(stage.name)
     started_path = self.marker_path(stage.name, ".started")
-    started = fileio.read_json(started_path) if _gfile().exists(started_path) else {}
-    if started.get("key") != key and (started or _gfile().exists(self.marker_path(stage.name))):
+    started = self.marker(stage.name, ".started")
+    if started.get("key") != key and (started or marker):
       print(f"[{stage.name}] settings changed: deleting its old outputs", flush=True)
       _delete(stage.outputs)
-    if _gfile().exists(self.marker_path(stage.name)):
+    if marker:
       _gfile().remove(self.marker_path(stage.name))
     # An unfinished run with this key is resumed: its seconds count towards the stage's
     # (an older driver's marker counted none) and its logs are kept. A fresh run's logs
