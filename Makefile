@@ -51,10 +51,10 @@ fashion-mnist:
 
 # The README's results: each seed of flags/run/$(EXPERIMENT).flags whose report is not yet
 # under results/ (hours per seed on 2 cores; resumable: rerun to continue), then the
-# table over the seeds. An ablation's workdir starts as a copy of the headline's of the
-# same seed, so it reruns only the stages its change reaches (report.json's
-# reused_stages names the others); its table adds each seed's margin over the run it
-# ablates, $(VERSUS).
+# table over the seeds. An ablation's workdir starts as a copy of the one-iteration run's
+# (runs/fashion_mnist_s<N>) of the same seed, so it reruns only the stages its change
+# reaches (report.json's reused_stages names the others); its table adds each seed's
+# margin over the run it ablates, $(VERSUS).
 EXPERIMENT ?= fashion_mnist
 SEEDS ?= 0 1 2
 VERSUS ?= $(if $(findstring _ablation_,$(EXPERIMENT)),results/fashion_mnist_2iter)
